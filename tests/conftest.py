@@ -1,0 +1,13 @@
+"""Shared pytest configuration. Fixtures live in tests/fixtures/, one module per concern."""
+import os
+
+import torch
+
+pytest_plugins = [
+    "tests.fixtures.recipe",    # recipe-weight checkpoints in the official format
+    "tests.fixtures.fake_ee",   # fake Earth Engine REST server + initialised real `ee` client
+    "tests.fixtures.storage",   # GCS emulator (and BigQuery emulator where available)
+]
+
+# Two cores: keep torch from oversubscribing when tests run beside each other.
+torch.set_num_threads(int(os.environ.get("TEST_TORCH_THREADS", "2")))

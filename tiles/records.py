@@ -1,0 +1,112 @@
+"""Plain records that flow between the stages of the pipeline.
+
+They are Beam-free, Earth-Engine-free and torch-free so that every layer (tiling, Earth Engine fetch,
+model, Beam transforms) can share them. All are picklable dataclasses.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Optional, Tuple
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class TimeWindow:
+    """Half-open date range [start, end), the card's ``TemporalSpec.range``."""
+
+    start: dt.date
+    end: dt.date
+
+    def __post_init__(self) -> None:
+        if self.end <= self.start:
+            raise ValueError(
+                f"time window end {self.end} must be after start {self.start} (end is exclusive)")
+
+    @property
+    def key(self) -> str:
+        return f"{self.start.isoformat()}_{self.end.isoformat()}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Tile:
+    """One square tile of a UTM grid: ``tile_px`` pixels of ``scale_m`` metres on a side.
+
+    Tile (ix, iy) covers eastings [ix*T, (ix+1)*T) and northings [iy*T, (iy+1)*T) with T = tile_px*scale_m,
+    in the zone's own EPSG:326zz (north) / EPSG:327zz (south) coordinates, so tiles are pixel-aligned
+    and ids are stable across runs and machines.
+    """
+
+    epsg: int
+    ix: int
+    iy: int
+    tile_px: int
+    scale_m: float
+
+    @property
+    def size_m(self) -> float:
+        return self.tile_px * self.scale_m
+
+    @property
+    def tile_id(self) -> str:
+        return f"{self.epsg}_{self.tile_px}px{self.scale_m:g}m_{self.ix}_{self.iy}"
+
+    @property
+    def crs(self) -> str:
+        return f"EPSG:{self.epsg}"
+
+    @property
+    def transform(self) -> Tuple[float, float, float, float, float, float]:
+        """Affine pixel grid in Earth Engine's order: xScale, xShear, xTranslation, yShear, yScale, yTranslation."""
+        return (self.scale_m, 0.0, self.ix * self.size_m, 0.0, -self.scale_m, (self.iy + 1) * self.size_m)
+
+
+@dataclasses.dataclass(frozen=True)
+class TileRequest:
+    """A tile and a time window to embed, tagged with the id of the user request it came from."""
+
+    tile: Tile
+    window: TimeWindow
+    request_id: str = "default"
+
+    @property
+    def key(self) -> str:
+        """Unique key of one output row: the tile and the window."""
+        return f"{self.tile.tile_id}/{self.window.key}"
+
+
+@dataclasses.dataclass
+class TilePixels:
+    """Fetched Sentinel-2 pixels of one tile request: raw SR values, CHW in (B4, B3, B2) order."""
+
+    request: TileRequest
+    chw: np.ndarray  # (3, tile_px, tile_px) uint16 raw surface reflectance, 0 where masked
+    valid_fraction: float
+    n_scenes: Optional[int] = None
+
+
+@dataclasses.dataclass
+class DeadLetter:
+    """A tile request that could not be embedded, with the reason. Never silently dropped."""
+
+    key: str
+    tile_id: str
+    request_id: str
+    stage: str  # 'fetch' | 'inference' | 'write' | ...
+    error_class: str
+    message: str
+    attempts: int = 1
+
+    @classmethod
+    def for_request(cls, request: TileRequest, stage: str, error: BaseException | str,
+                    attempts: int = 1) -> "DeadLetter":
+        if isinstance(error, BaseException):
+            error_class, message = type(error).__name__, str(error)
+        else:
+            error_class, message = "Error", error
+        return cls(key=request.key, tile_id=request.tile.tile_id, request_id=request.request_id,
+                   stage=stage, error_class=error_class, message=message, attempts=attempts)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

@@ -1,0 +1,125 @@
+"""Command-line options of the pipeline, as a Beam `PipelineOptions` subclass.
+
+Being a PipelineOptions subclass lets Beam's own flags (`--runner`, `--direct_num_workers`, `--project`, ...)
+sit beside ours on one command line. Every flag is spelled with dashes (`--tile-px`) and also accepts the
+underscore spelling (`--tile_px`), because Beam re-creates options on workers from their dest names.
+
+Note: `--dry-run` (ours: print the plan and exit) is not Beam's `--dry_run` (DataflowRunner: translate
+the job without submitting it); they have different dests.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Iterable, List, Sequence
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+
+def _flag(parser, name: str, **kwargs) -> None:
+    dest = name.replace("-", "_")
+    spellings = [f"--{name}"] + ([f"--{dest}"] if dest != name else [])
+    parser.add_argument(*spellings, dest=kwargs.pop("dest", dest), **kwargs)
+
+
+def _bool(value: str) -> bool:
+    lowered = str(value).strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {value!r}")
+
+
+class EmbeddingOptions(PipelineOptions):
+    """All flags of `python -m pipeline` (besides Beam's own)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        g = parser.add_argument_group("regions (at least one)")
+        _flag(g, "bbox", action="append", default=None, metavar="W,S,E,N",
+              help="lon/lat box west,south,east,north (repeatable)")
+        _flag(g, "geojson", action="append", default=None, metavar="PATH",
+              help="GeoJSON file (local or gs://) with Polygon/MultiPolygon features (repeatable)")
+        _flag(g, "points", default=None, metavar="CSV",
+              help="CSV of lon,lat[,id] points; each becomes a square of --buffer-m around it")
+        _flag(g, "buffer-m", type=float, default=None,
+              help="half-size in metres of the square around each --points point (default: half a tile)")
+
+        g = parser.add_argument_group("time")
+        _flag(g, "start", default=None, metavar="YYYY-MM-DD", help="window start (inclusive)")
+        _flag(g, "end", default=None, metavar="YYYY-MM-DD", help="window end (exclusive)")
+        _flag(g, "year", type=int, default=None, help="shorthand for --start YEAR-01-01 --end YEAR+1-01-01")
+        _flag(g, "windows", default=None, choices=["monthly", "quarterly", "yearly"],
+              help="split [start, end) into calendar windows (default: one window)")
+
+        g = parser.add_argument_group("tiles and Sentinel-2")
+        _flag(g, "tile-px", type=int, default=512, help="tile size in pixels (default 512)")
+        _flag(g, "scale-m", type=float, default=10.0, help="pixel size in metres (default 10)")
+        _flag(g, "cloudy-pct", type=float, default=30.0, help="max scene CLOUDY_PIXEL_PERCENTAGE (default 30)")
+        _flag(g, "composite", default="median", help="composite reducer (default median)")
+
+        g = parser.add_argument_group("Earth Engine")
+        _flag(g, "ee-project", default=None, help="Earth Engine / Cloud project")
+        _flag(g, "ee-endpoint", default=None,
+              help="Earth Engine API base URL (default: the high-volume endpoint)")
+        _flag(g, "ee-credentials", default=None,
+              help="'default' (Application Default Credentials), 'anonymous' (test servers) "
+                   "or a service-account key file")
+        _flag(g, "ee-max-concurrency", type=int, default=None, help="concurrent EE requests per worker")
+        _flag(g, "ee-requests-per-s", type=float, default=None, help="EE requests/s per worker")
+
+        g = parser.add_argument_group("model")
+        _flag(g, "checkpoint", default=None,
+              help="hf://REPO/FILE, a local path or gs:// URI (default: the card's HF checkpoint)")
+        _flag(g, "arch", default=None, help="b | l | auto (env RS_EMBED_DYNAMICVIS_ARCH)")
+        _flag(g, "img-size", type=int, default=None,
+              help="model input size (env RS_EMBED_DYNAMICVIS_IMG, default 512)")
+        _flag(g, "path-type", default=None, help="env RS_EMBED_DYNAMICVIS_PATH_TYPE")
+        _flag(g, "sampling-scale", type=float, default=None, help="env RS_EMBED_DYNAMICVIS_SAMPLING_SCALE")
+        _flag(g, "mamba2", type=_bool, default=None, help="env RS_EMBED_DYNAMICVIS_MAMBA2")
+        _flag(g, "scan", default=None, help="selective-scan backend: auto | reference | chunked | cuda")
+        _flag(g, "precision", default=None, help="fp32 | bf16 | auto")
+        _flag(g, "device", default=None, help="auto | cpu | cuda[:N]")
+        _flag(g, "pooling", default="mean", choices=["mean", "max"], help="feature-map pooling (default mean)")
+        _flag(g, "grid", action="store_true", default=False,
+              help="also write the last-stage feature map (D,H,W) (Parquet only)")
+        _flag(g, "min-batch-size", type=int, default=1, help="RunInference min batch size")
+        _flag(g, "max-batch-size", type=int, default=16, help="RunInference max batch size")
+        _flag(g, "gpu", default=None, metavar="ACCELERATOR",
+              help="GPU resource hint for the inference step, e.g. nvidia-l4 or "
+                   "'type:nvidia-l4;count:1;install-nvidia-driver'")
+
+        g = parser.add_argument_group("output")
+        _flag(g, "output", default=None, metavar="DIR_OR_GS_URI",
+              help="Parquet shards, dead letters and the manifest go here")
+        _flag(g, "bigquery-table", default=None, metavar="PROJECT:DATASET.TABLE",
+              help="also write rows to BigQuery (file loads)")
+        _flag(g, "skip-existing", action="store_true", default=False,
+              help="skip tiles already in the output; required to write into a non-empty output")
+        _flag(g, "num-shards", type=int, default=0, help="Parquet shards (default: runner decides)")
+        _flag(g, "dry-run", dest="plan_only", action="store_true", default=False,
+              help="print tiles, EE requests, bytes and time at the quota, then exit")
+        _flag(g, "progress-interval-s", type=float, default=30.0, help="seconds between progress log lines")
+
+
+def _all_options_parser() -> argparse.ArgumentParser:
+    """A parser that knows every registered PipelineOptions flag (Beam's and ours), as Beam builds it."""
+    from apache_beam.options.pipeline_options import _BeamArgumentParser  # pylint: disable=protected-access
+
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    seen = {}
+    for cls in PipelineOptions.__subclasses__():
+        seen.setdefault(str(cls), cls)
+    for cls in seen.values():
+        cls._add_argparse_args(parser)  # pylint: disable=protected-access
+    return parser
+
+
+def unknown_arguments(argv: Sequence[str]) -> List[str]:
+    """Arguments neither Beam nor we know (Beam itself only logs and drops them)."""
+    _, unknown = _all_options_parser().parse_known_args(list(argv))
+    return [a for a in unknown if a.startswith("-")] or list(unknown)
+
+
+def parse(argv: Iterable[str]) -> PipelineOptions:
+    return PipelineOptions(list(argv))

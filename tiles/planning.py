@@ -307,7 +307,7 @@ def count_shard(shard: PlanShard) -> int:
 def plan_requests(regions: Iterable[Region], windows: Sequence[TimeWindow], tile_px: int = DEFAULT_TILE_PX,
                   scale_m: float = DEFAULT_SCALE_M) -> Iterator[TileRequest]:
     """Pure-Python equivalent of ``transforms.plan.PlanTiles`` (lazy; for tests and small local runs)."""
-    windows = _check_windows(windows)
+    windows = check_windows(windows)
     for shard in plan_shards(regions, tile_px, scale_m):
         yield from expand_shard_requests(shard, windows)
 
@@ -330,7 +330,7 @@ def count_tiles(regions: Iterable[Region], tile_px: int = DEFAULT_TILE_PX, scale
     return plan_summary(regions, (), tile_px, scale_m).tiles
 
 
-def _check_windows(windows: Sequence[TimeWindow]) -> Tuple[TimeWindow, ...]:
+def check_windows(windows: Sequence[TimeWindow]) -> Tuple[TimeWindow, ...]:
     windows = tuple(windows)
     if not windows:
         raise InputError("no time windows: give --start/--end or --year")

@@ -15,7 +15,8 @@ square buffer. Decisions:
   lon/lat: edges are straight lines in lon/lat and coordinates must be within [-180, 180], so a polygon
   crossing the antimeridian must be split there (RFC 7946 section 3.1.9). All polygons of one file form
   one region (their union, so overlapping polygons do not duplicate tiles); invalid polygons are refused
-  unless ``repair=True`` (shapely.make_valid).
+  unless ``repair=True`` (shapely.make_valid); the parts of a MultiPolygon may
+  overlap (that is not an error here: they are unioned).
 - Points: the region of a point is the square of side ``2 * buffer_m`` centred on it in the point's own
   UTM zone/hemisphere grid; ``buffer_m == 0`` means just the tile containing the point.
 """
@@ -189,17 +190,22 @@ def _polygonal(label: str, geometry: object, repair: bool) -> shapely.Geometry:
         raise InputError(f"{label}: coordinates must be lon in [-180, 180] and lat in [-90, 90] (lon first); "
                          f"got lon {min_x:g}..{max_x:g}, lat {min_y:g}..{max_y:g}. A polygon crossing the "
                          "antimeridian must be split into a MultiPolygon there (RFC 7946 3.1.9)")
-    if not geom.is_valid:
-        reason = shapely.is_valid_reason(geom)
+    # Parts of a MultiPolygon may overlap (they are unioned); each part itself must be a valid polygon.
+    parts = list(shapely.get_parts(geom))
+    for index, part in enumerate(parts):
+        if part.is_valid:
+            continue
+        reason = shapely.is_valid_reason(part)
+        where = f"polygon {index} of the MultiPolygon" if geometry["type"] == "MultiPolygon" else "Polygon"
         if not repair:
-            raise InputError(f"{label}: invalid {geometry['type']} ({reason}); fix it (e.g. shapely.make_valid "
+            raise InputError(f"{label}: invalid {where} ({reason}); fix it (e.g. shapely.make_valid "
                              "or `ogr2ogr -makevalid`) or pass repair=True / --repair-geometry")
-        log.warning("%s: repaired invalid geometry (%s) with make_valid", label, reason)
-        geom = shapely.make_valid(geom)
-        parts = [p for p in shapely.get_parts(geom) if p.geom_type in _POLYGONAL and p.area > 0]
-        if not parts:
-            raise InputError(f"{label}: nothing polygonal is left after repairing ({reason})")
-        geom = shapely.union_all(parts)
+        log.warning("%s: repaired invalid %s (%s) with make_valid", label, where, reason)
+        repaired = [p for p in shapely.get_parts(shapely.make_valid(part)) if p.geom_type == "Polygon" and p.area > 0]
+        if not repaired:
+            raise InputError(f"{label}: nothing polygonal is left after repairing {where} ({reason})")
+        parts[index] = shapely.union_all(repaired)
+    geom = parts[0] if len(parts) == 1 else shapely.union_all(parts)
     if geom.area <= 0:
         raise InputError(f"{label}: {geometry['type']} has zero area")
     return geom

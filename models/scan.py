@@ -8,13 +8,45 @@ All backends compute, for every batch b, channel e and position t (state size N)
 with shapes u, delta, z: (B, E, L); A: (E, N); Bm, C: (B, L, N); D: (E,). ``delta`` is already
 softplus-ed and ``A`` is already ``-exp(A_log)``. Output y: (B, E, L) in u's dtype.
 ``selective_scan_reference`` is the ground truth for every faster backend.
+
+Backends (chosen by name through :func:`resolve_scan`):
+
+- ``reference``: one recurrence step per token, like transformers' MambaMixer slow path (slow).
+- ``chunked``: pure PyTorch, CPU and GPU. Chunk-parallel recurrence: the sequence is cut into chunks of
+  ``T`` tokens, all chunks advance together for T steps from a zero state, the chunk start states are
+  then propagated with a log-depth (Hillis-Steele) scan, and a second T-step pass adds their decayed
+  contribution. Only exponentials of non-positive numbers are taken, so it is stable for any length
+  and any delta/A magnitude; about 11*T + 4*log2(L/T) tensor ops instead of ~4*L.
+- ``cpu_fused``: a small C kernel (one fused loop over tokens per (batch, channel), vectorised over the
+  state, OpenMP over channels) compiled on first use with the system C compiler and called through
+  ctypes; see ``models/scan_cpu.py``. Unavailable without a compiler.
+- ``cuda``: ``mamba_ssm``'s ``selective_scan_fn`` when that package is importable (not tested here).
+
+Every backend computes in float32, with autocast disabled, whatever the input dtype.
 """
 from __future__ import annotations
+
+import functools
+import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+ScanFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                   torch.Tensor], torch.Tensor]
 
+
+def _float32_no_autocast(fn: ScanFn) -> ScanFn:
+    """Run a scan in float32 with autocast off (bf16 decays lose the state within a few hundred tokens)."""
+    @functools.wraps(fn)
+    def wrapper(u, delta, A, Bm, C, D, z, **options):
+        with torch.autocast(u.device.type, enabled=False):
+            return fn(u, delta, A, Bm, C, D, z, **options)
+    return wrapper
+
+
+@_float32_no_autocast
 def selective_scan_reference(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: torch.Tensor,
                              C: torch.Tensor, D: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """Sequential float32 scan, one step per token (the semantics of transformers' MambaMixer slow path)."""
@@ -32,16 +64,149 @@ def selective_scan_reference(u: torch.Tensor, delta: torch.Tensor, A: torch.Tens
     return (y * F.silu(z)).to(dtype)
 
 
-ScanFn = "Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]"
+def default_chunk(length: int) -> int:
+    """Chunk length for the chunked scan: ~sqrt(L) balances the two T-step passes against chunk count."""
+    return max(1, min(64, 1 << max(0, round(math.log2(max(1.0, math.sqrt(length)))))))
 
-SCANS = {"reference": selective_scan_reference}
+
+def _propagate_chunk_states(decay: torch.Tensor, local_end: torch.Tensor) -> torch.Tensor:
+    """Start state of every chunk from (total decay, end state from zero) per chunk, dim -2 = chunk.
+
+    Linear recurrence s_c = decay_{c-1} * s_{c-1} + local_end_{c-1}, s_0 = 0, solved with a
+    Hillis-Steele scan over the (decay, offset) pairs: log2(chunks) steps of products of decays <= 1.
+    """
+    a = decay.clone()            # after the scan: product of decays of chunks [c - span + 1, c]
+    b = local_end.clone()        # after the scan: state at the end of chunk c
+    n_chunks = a.shape[-2]
+    span = 1
+    while span < n_chunks:
+        b_prev = b[..., :-span, :]
+        b = torch.cat([b[..., :span, :], torch.addcmul(b[..., span:, :], a[..., span:, :], b_prev)], dim=-2)
+        a = torch.cat([a[..., :span, :], a[..., span:, :] * a[..., :-span, :]], dim=-2)
+        span *= 2
+    return torch.cat([torch.zeros_like(b[..., :1, :]), b[..., :-1, :]], dim=-2)
 
 
-def resolve_scan(name: str = "reference", device: "torch.device | str | None" = None):
+@_float32_no_autocast
+def selective_scan_chunked(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: torch.Tensor,
+                           C: torch.Tensor, D: torch.Tensor, z: torch.Tensor,
+                           chunk: int | None = None) -> torch.Tensor:
+    """Chunk-parallel float32 scan, same result as the reference within float32 rounding."""
+    dtype = u.dtype
+    u, delta, A, Bm, C, D, z = (t.float() for t in (u, delta, A, Bm, C, D, z))
+    batch, channels, length = u.shape
+    n_state = A.shape[1]
+    T = chunk or default_chunk(length)
+    n_chunks = -(-length // T)
+    pad = n_chunks * T - length
+
+    def to_steps(x: torch.Tensor) -> torch.Tensor:
+        """(B, E, L) -> (T, B, E, chunks), zero padded (delta 0 => decay 1, input 0)."""
+        x = F.pad(x, (0, pad))
+        return x.view(batch, channels, n_chunks, T).permute(3, 0, 1, 2).contiguous()
+
+    def to_steps_bl(x: torch.Tensor) -> torch.Tensor:
+        """(B, L, N) -> (T, B, 1, chunks, N)."""
+        x = F.pad(x, (0, 0, 0, pad))
+        return x.view(batch, n_chunks, T, n_state).permute(2, 0, 1, 3).unsqueeze(2).contiguous()
+
+    dt_steps = to_steps(delta)
+    x_steps = to_steps(delta * u)
+    b_steps, c_steps = to_steps_bl(Bm), to_steps_bl(C)
+    A_b = A[None, :, None, :]                                          # (1, E, 1, N)
+
+    # Pass 1: every chunk from a zero state.
+    h = u.new_zeros(batch, channels, n_chunks, n_state)
+    y_steps = u.new_empty(T, batch, channels, n_chunks)
+    for t in range(T):
+        dA = torch.exp(dt_steps[t].unsqueeze(-1) * A_b)
+        h = torch.addcmul(dA * h, x_steps[t].unsqueeze(-1), b_steps[t])
+        torch.sum(h * c_steps[t], dim=-1, out=y_steps[t])
+
+    if n_chunks > 1:
+        # Chunk start states, then pass 2: their decayed contribution, exp(A * cumulative delta) <= 1.
+        chunk_delta = dt_steps.sum(0)                                  # (B, E, chunks)
+        decay = torch.exp(chunk_delta.unsqueeze(-1) * A_b)
+        start = _propagate_chunk_states(decay, h)
+        cum_delta = torch.zeros_like(chunk_delta)
+        for t in range(T):
+            cum_delta = cum_delta + dt_steps[t]
+            carried = torch.exp(cum_delta.unsqueeze(-1) * A_b) * start
+            y_steps[t] += torch.sum(carried * c_steps[t], dim=-1)
+
+    y = y_steps.permute(1, 2, 3, 0).reshape(batch, channels, n_chunks * T)[..., :length]
+    y = y + u * D[None, :, None]
+    return (y * F.silu(z)).to(dtype)
+
+
+def _cuda_scan() -> ScanFn | None:
+    """mamba_ssm's fused CUDA kernel with our argument order, or None when it is not installed."""
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except Exception:  # ImportError, or a broken CUDA build
+        return None
+
+    @_float32_no_autocast
+    def selective_scan_cuda(u, delta, A, Bm, C, D, z):
+        dtype = u.dtype
+        # mamba_ssm: u/delta/z (B, E, L), A (E, N), B/C (B, N, L) for input-dependent B/C ("variable").
+        y = selective_scan_fn(u.float().contiguous(), delta.float().contiguous(), A.float().contiguous(),
+                              Bm.float().transpose(1, 2).contiguous(), C.float().transpose(1, 2).contiguous(),
+                              D.float().contiguous(), z.float().contiguous(), delta_bias=None,
+                              delta_softplus=False)
+        return y.to(dtype)
+    return selective_scan_cuda
+
+
+def _cpu_fused_scan() -> ScanFn | None:
+    try:
+        from models.scan_cpu import load_cpu_fused_scan
+    except Exception:
+        return None
+    fn = load_cpu_fused_scan()
+    return _float32_no_autocast(fn) if fn is not None else None
+
+
+SCANS: dict[str, ScanFn] = {"reference": selective_scan_reference, "chunked": selective_scan_chunked}
+_OPTIONAL_SCANS: dict[str, Callable[[], ScanFn | None]] = {"cuda": _cuda_scan, "cpu_fused": _cpu_fused_scan}
+
+
+@functools.lru_cache(maxsize=None)
+def _optional_scan(name: str) -> ScanFn | None:
+    return _OPTIONAL_SCANS[name]()
+
+
+def available_scans(device: "torch.device | str | None" = None) -> list[str]:
+    """Backend names usable on ``device`` (optional ones only when they load)."""
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    names = ["reference", "chunked"]
+    if dev.type == "cuda" and _optional_scan("cuda") is not None:
+        names.append("cuda")
+    if dev.type == "cpu" and _optional_scan("cpu_fused") is not None:
+        names.append("cpu_fused")
+    return names
+
+
+def auto_scan_name(device: "torch.device | str | None" = None) -> str:
+    """The fastest correct backend for a device: cuda kernel, else fused C on CPU, else chunked."""
+    available = available_scans(device)
+    for name in ("cuda", "cpu_fused", "chunked"):
+        if name in available:
+            return name
+    return "reference"
+
+
+def resolve_scan(name: str = "reference", device: "torch.device | str | None" = None) -> ScanFn:
     """Return the scan function for a backend name (``'auto'`` picks the fastest correct one for the device)."""
     if name == "auto":
-        name = "reference"
-    try:
+        name = auto_scan_name(device)
+    if name in SCANS:
         return SCANS[name]
-    except KeyError:
-        raise ValueError(f"unknown scan backend {name!r}; choose one of {sorted(SCANS) + ['auto']}") from None
+    if name in _OPTIONAL_SCANS:
+        fn = _optional_scan(name)
+        if fn is None:
+            raise RuntimeError(f"scan backend {name!r} is not available here "
+                               f"({'mamba_ssm not importable' if name == 'cuda' else 'no C compiler/OpenMP'})")
+        return fn
+    raise ValueError(f"unknown scan backend {name!r}; "
+                     f"choose one of {sorted(SCANS) + sorted(_OPTIONAL_SCANS) + ['auto']}")

@@ -1,0 +1,214 @@
+"""Fused CPU selective scan: a small C kernel compiled on first use, called through ctypes.
+
+Why: on CPU every pure-PyTorch formulation of the scan materialises (B, E, L, N) float32 tensors several
+times (54 MB per DynamicVis block and tile), so it is bound by memory traffic. One fused loop per
+(batch, channel) keeps the 16-float state in a vector register and reads only the (B, E, L) and
+(B, L, N) inputs once. No torch headers or pybind11: the kernel takes raw float pointers, so it compiles
+in well under a second with the system C compiler. Threads: the (batch, channel) rows are split over a
+Python thread pool of ``torch.get_num_threads()`` workers (ctypes releases the GIL), which avoids mixing
+a second OpenMP runtime with torch's.
+
+If no compiler is found or compilation fails, :func:`load_cpu_fused_scan` returns None and
+``resolve_scan('auto')`` falls back to the pure-PyTorch chunked scan.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+_C_SOURCE = r"""
+#include <math.h>
+#include <stdint.h>
+
+/* Rows [row_begin, row_end) of the flattened (batch, channel) grid. Layouts (C order, float32):
+   u, delta, y: (B, E, L); A: (E, N); Bm, C: (B, L, N). y_t = <h_t, C_t> only: the D and gate terms
+   are added by the caller with tensor ops.
+   N == 16 path: tokens are processed in blocks of TB so that the exponentials and the input terms of a
+   block are computed in one vectorised sweep (independent work), leaving only one FMA per state and
+   token on the serial dependency chain; two channels are interleaved to hide its latency. */
+#define TB 16
+
+static void scan_rows_16(const float *u, const float *delta, const float *A, const float *Bm,
+                         const float *C, float *y, int64_t E, int64_t L,
+                         int64_t row_begin, int64_t row_end) {
+    float dA[2][TB][16], xb[2][TB][16], H[2][TB][16];
+    for (int64_t row0 = row_begin; row0 < row_end; row0 += 2) {
+        const int nrows = (row_end - row0) >= 2 ? 2 : 1;
+        float a[2][16], h[2][16];
+        const float *Bb[2], *Cb[2], *uu[2], *d[2];
+        float *yy[2];
+        for (int r = 0; r < 2; ++r) {
+            const int64_t row = row0 + (r < nrows ? r : 0);
+            const int64_t b = row / E, e = row % E;
+            uu[r] = u + row * L; d[r] = delta + row * L; yy[r] = y + row * L;
+            Bb[r] = Bm + b * L * 16; Cb[r] = C + b * L * 16;
+            for (int n = 0; n < 16; ++n) { a[r][n] = A[e * 16 + n]; h[r][n] = 0.0f; }
+        }
+        for (int64_t t0 = 0; t0 < L; t0 += TB) {
+            const int nb = (L - t0) < TB ? (int)(L - t0) : TB;
+            for (int r = 0; r < 2; ++r) {
+                for (int i = 0; i < nb; ++i) {
+                    const float dt = d[r][t0 + i], x = dt * uu[r][t0 + i];
+                    const float *Bt = Bb[r] + (t0 + i) * 16;
+                    _Pragma("omp simd")
+                    for (int n = 0; n < 16; ++n) { dA[r][i][n] = expf(dt * a[r][n]); xb[r][i][n] = x * Bt[n]; }
+                }
+            }
+            for (int i = 0; i < nb; ++i) {
+                _Pragma("omp simd")
+                for (int n = 0; n < 16; ++n) {
+                    h[0][n] = dA[0][i][n] * h[0][n] + xb[0][i][n]; H[0][i][n] = h[0][n];
+                    h[1][n] = dA[1][i][n] * h[1][n] + xb[1][i][n]; H[1][i][n] = h[1][n];
+                }
+            }
+            for (int r = 0; r < nrows; ++r) {
+                for (int i = 0; i < nb; ++i) {
+                    const float *Ct = Cb[r] + (t0 + i) * 16;
+                    float acc = 0.0f;
+                    _Pragma("omp simd reduction(+:acc)")
+                    for (int n = 0; n < 16; ++n) acc += H[r][i][n] * Ct[n];
+                    yy[r][t0 + i] = acc;
+                }
+            }
+        }
+    }
+}
+
+#define SCAN_BODY(NS)                                                                  \
+    for (int64_t t = 0; t < L; ++t) {                                                  \
+        const float dt = d[t];                                                         \
+        const float x = dt * uu[t];                                                    \
+        const float *Bt = Bb + t * NS, *Ct = Cb + t * NS;                              \
+        float acc = 0.0f;                                                              \
+        for (int64_t n = 0; n < NS; ++n) {                                             \
+            h[n] = expf(dt * a[n]) * h[n] + x * Bt[n];                                 \
+            acc += h[n] * Ct[n];                                                       \
+        }                                                                              \
+        yy[t] = acc;                                                                   \
+    }
+
+static void scan_rows_any(const float *u, const float *delta, const float *A, const float *Bm,
+                          const float *C, float *y, int64_t E, int64_t L, int64_t N,
+                          int64_t row_begin, int64_t row_end) {
+    float a[256], h[256];
+    for (int64_t row = row_begin; row < row_end; ++row) {
+        const int64_t b = row / E, e = row % E;
+        const float *uu = u + row * L, *d = delta + row * L;
+        const float *Bb = Bm + b * L * N, *Cb = C + b * L * N;
+        float *yy = y + row * L;
+        for (int64_t n = 0; n < N; ++n) { a[n] = A[e * N + n]; h[n] = 0.0f; }
+        SCAN_BODY(N)
+    }
+}
+
+int selective_scan_rows_f32(const float *u, const float *delta, const float *A, const float *Bm,
+                            const float *C, float *y, int64_t E, int64_t L, int64_t N,
+                            int64_t row_begin, int64_t row_end) {
+    if (N == 16) { scan_rows_16(u, delta, A, Bm, C, y, E, L, row_begin, row_end); return 0; }
+    if (N <= 256) { scan_rows_any(u, delta, A, Bm, C, y, E, L, N, row_begin, row_end); return 0; }
+    return 1;
+}
+"""
+
+_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-fPIC", "-shared"]
+_lock = threading.Lock()
+_pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "rs_embed_dynamicvis"
+
+
+def _cpu_signature() -> str:
+    """-march=native code must not be reused on another CPU model: key the cache on the CPU flags."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith(("flags", "Features"))), platform.processor())
+    except OSError:
+        return platform.processor()
+
+
+def _build(compiler: str) -> Path:
+    key = hashlib.sha256("\0".join([_C_SOURCE, compiler, *_FLAGS, platform.machine(), _cpu_signature()])
+                         .encode()).hexdigest()[:16]
+    target = _cache_dir() / f"scan_cpu_{key}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        src = Path(tmp) / "scan_cpu.c"
+        src.write_text(_C_SOURCE)
+        out = Path(tmp) / "scan_cpu.so"
+        subprocess.run([compiler, *_FLAGS, str(src), "-o", str(out), "-lm"], check=True,
+                       capture_output=True, timeout=120)
+        os.replace(out, target)   # atomic: concurrent builders never see a half-written library
+    return target
+
+
+def _load_library() -> ctypes.CDLL | None:
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if not compiler or platform.system() == "Windows":
+        return None
+    try:
+        lib = ctypes.CDLL(str(_build(compiler)))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    fn = lib.selective_scan_rows_f32
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 5
+    return lib
+
+
+def _thread_pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
+    global _pool
+    with _lock:
+        if _pool is None or _pool._max_workers != workers:   # noqa: SLF001 - resize on set_num_threads
+            _pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scan_cpu")
+        return _pool
+
+
+def load_cpu_fused_scan() -> Callable | None:
+    """The fused scan (same signature and semantics as ``selective_scan_reference``), or None."""
+    lib = _load_library()
+    if lib is None:
+        return None
+    kernel = lib.selective_scan_rows_f32
+
+    def selective_scan_cpu_fused(u, delta, A, Bm, C, D, z):
+        if u.device.type != "cpu":
+            raise ValueError("cpu_fused scan needs CPU tensors")
+        dtype = u.dtype
+        u32, d32, A32, B32, C32 = (t.detach().float().contiguous() for t in (u, delta, A, Bm, C))
+        batch, channels, length = u32.shape
+        n_state = A32.shape[1]
+        if n_state > 256:
+            raise ValueError("cpu_fused scan supports state sizes up to 256")
+        y = torch.empty_like(u32)
+        rows = batch * channels
+        ptrs = [t.data_ptr() for t in (u32, d32, A32, B32, C32, y)]
+        workers = max(1, min(torch.get_num_threads(), rows))
+        bounds = [rows * i // workers for i in range(workers + 1)]
+        if workers == 1:
+            kernel(*ptrs, channels, length, n_state, 0, rows)
+        else:
+            jobs = [_thread_pool(workers).submit(kernel, *ptrs, channels, length, n_state, lo, hi)
+                    for lo, hi in zip(bounds[:-1], bounds[1:])]
+            for job in jobs:
+                job.result()
+        y = y + u32 * D.float()[None, :, None]
+        return (y * F.silu(z.float())).to(dtype)
+
+    return selective_scan_cpu_fused

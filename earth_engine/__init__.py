@@ -7,9 +7,9 @@ from earth_engine.image import s2_image
 from earth_engine.metrics import FetchMetrics
 from earth_engine.plan import FetchPlan, plan_requests
 from earth_engine.settings import (HIGH_VOLUME_URL, SCENE_COUNT_BAND, EESettings, S2Settings)
-from earth_engine.super_tiles import Block, effective_super_tile, group_into_blocks
+from earth_engine.super_tiles import Block, block_id, effective_super_tile, group_into_blocks
 
 __all__ = ["initialize", "ErrorKind", "NoScenesError", "TooFewValidPixelsError", "classify", "Fetcher",
            "fetch_tiles", "s2_image", "FetchMetrics", "FetchPlan", "plan_requests", "HIGH_VOLUME_URL",
-           "SCENE_COUNT_BAND", "EESettings", "S2Settings", "Block", "effective_super_tile",
+           "SCENE_COUNT_BAND", "EESettings", "S2Settings", "Block", "block_id", "effective_super_tile",
            "group_into_blocks"]

@@ -101,3 +101,10 @@ def group_into_blocks(requests: Iterable[TileRequest], s2: S2Settings) -> List[B
     for r in requests:
         groups.setdefault(block_key(r, effective_super_tile(s2, r.tile.tile_px)), []).append(r)
     return [Block(rs) for rs in groups.values()]
+
+
+def block_id(request: TileRequest, s2: S2Settings) -> str:
+    """``block_key`` as a string: a deterministic key for grouping in a Beam pipeline."""
+    epsg, tile_px, scale_m, window, bx, by = block_key(
+        request, effective_super_tile(s2, request.tile.tile_px))
+    return f"{epsg}/{tile_px}px{scale_m:g}m/{window.key}/{bx}_{by}"

@@ -206,7 +206,14 @@ class FakeEarthEngine:
 
     # ----------------------------------------------------------------- scripting
     def reset(self, *, faults: Optional[FaultRates] = None, latency: Optional[LatencyModel] = None) -> None:
-        """Forget recorded calls, rules and empty areas (between tests sharing one server)."""
+        """Forget recorded calls, rules and empty areas (between tests sharing one server).
+
+        Stalled requests are released first, so they do not count as in flight in the next test."""
+        self._stop_stalls.set()
+        deadline = time.monotonic() + 5.0
+        while self.in_flight and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self._stop_stalls = threading.Event()
         with self._lock:
             self.calls.clear()
             self._rules.clear()
@@ -308,7 +315,7 @@ class FakeEarthEngine:
         answer = self._choose_answer(call)
         call.answer = answer
         if answer == Fault.STALL:
-            self._stop_stalls.wait(self.stall_s)
+            self._stop_stalls.wait(self.stall_s)  # woken early by reset() or stop()
             answer = 200
         if answer == Fault.MALFORMED:
             return 200, "application/octet-stream", b"\x93NUMPY this is not an array"

@@ -91,6 +91,8 @@ class ComputePixelsCall:
     height: int
     dates: Tuple[str, ...]  # ISO dates found in the expression (the filterDate window)
     answer: object = None   # Fault or 200
+    started: float = 0.0    # time.monotonic() when the request arrived
+    finished: float = 0.0   # ... and when its reply was sent
 
     @property
     def bounds(self) -> Tuple[float, float, float, float]:
@@ -305,13 +307,17 @@ class FakeEarthEngine:
         dates = tuple(sorted(set(_DATE_RE.findall(json.dumps(body.get("expression"))))))
         with self._lock:
             index = len(self.calls)
-            call = ComputePixelsCall(index, body, crs, transform, width, height, dates)
+            call = ComputePixelsCall(index, body, crs, transform, width, height, dates,
+                                     started=time.monotonic())
             self.calls.append(call)
         return call
 
-    def _compute_pixels(self, raw_body: bytes) -> Tuple[int, str, bytes]:
+    def _compute_pixels(self, raw_body: bytes) -> Tuple[int, str, bytes, Optional[ComputePixelsCall]]:
         body = json.loads(raw_body)
         call = self._parse_call(body)
+        return (*self._answer(call, body), call)
+
+    def _answer(self, call: ComputePixelsCall, body: dict) -> Tuple[int, str, bytes]:
         answer = self._choose_answer(call)
         call.answer = answer
         if answer == Fault.STALL:
@@ -364,14 +370,17 @@ class FakeEarthEngine:
                 with server._lock:
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                call = None
                 try:
-                    status, content_type, payload = server._compute_pixels(raw)
+                    status, content_type, payload, call = server._compute_pixels(raw)
                 except _BadRequest as exc:
                     status, content_type, payload = 400, "application/json", _error_json(400, str(exc))
                 finally:
                     with server._lock:
                         server.in_flight -= 1
                 self._reply(status, content_type, payload)
+                if call is not None:
+                    call.finished = time.monotonic()
 
         return Handler
 

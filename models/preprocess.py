@@ -1,0 +1,59 @@
+"""Sentinel-2 RGB preprocessing of the rs-embed DynamicVis adapter, reproduced bit for bit.
+
+raw SR (B4, B3, B2) 0..10000 -> /10000 clipped to [0, 1] -> *255 truncated to uint8 -> Pillow bicubic
+resize -> /255, ImageNet mean/std -> float32 (3, img, img). NaN becomes 0 (numpy's x86 cast result).
+"""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+S2_SR_SCALE = np.float32(10000.0)
+
+
+def check_raw_chw(raw_chw: np.ndarray, batched: bool = False) -> np.ndarray:
+    """Validate a raw S2 RGB array ((3, H, W), or (B, 3, H, W) when batched) and return it as an ndarray."""
+    array = np.asarray(raw_chw)
+    layout = "(B, 3, H, W)" if batched else "(3, H, W)"
+    if array.ndim != (4 if batched else 3):
+        raise ValueError(f"expected raw S2 RGB of shape {layout} (bands B4, B3, B2), got shape {array.shape}")
+    if array.shape[-3] != 3:
+        raise ValueError(f"expected 3 bands (B4, B3, B2) on axis {-3 + array.ndim}, got {array.shape[-3]} "
+                         f"(shape {array.shape}); pass channels-first RGB")
+    if array.shape[-1] < 1 or array.shape[-2] < 1:
+        raise ValueError(f"empty image of shape {array.shape}")
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise TypeError(f"expected a numeric array of raw reflectance, got dtype {array.dtype}")
+    return array
+
+
+def raw_to_rgb_uint8(raw_chw: np.ndarray) -> np.ndarray:
+    """(3, H, W) raw SR -> (H, W, 3) uint8 exactly as the adapter does (truncation, not rounding)."""
+    scaled = np.clip(np.asarray(raw_chw, dtype=np.float32) / S2_SR_SCALE, 0.0, 1.0)
+    scaled = np.nan_to_num(scaled, nan=0.0)               # clip keeps NaN; the adapter's cast gave 0
+    return (scaled.transpose(1, 2, 0) * np.float32(255.0)).astype(np.uint8)
+
+
+def resize_rgb_uint8(rgb: np.ndarray, img_size: int) -> np.ndarray:
+    """Pillow bicubic resize (torch's bicubic differs by up to 31 grey levels); no-op at the target size."""
+    if rgb.shape[:2] == (img_size, img_size):
+        return rgb
+    resized = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).resize((img_size, img_size),
+                                                                             resample=Image.BICUBIC)
+    return np.asarray(resized)
+
+
+def normalize_rgb_uint8(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 -> ImageNet-normalised float32 (3, H, W)."""
+    scaled = rgb.astype(np.float32) / np.float32(255.0)
+    return np.ascontiguousarray(((scaled - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1))
+
+
+def preprocess_s2_rgb(raw_chw: np.ndarray, img_size: int = 512) -> np.ndarray:
+    """Raw S2 SR (3, H, W) in B4, B3, B2 order -> float32 (3, img_size, img_size) model input."""
+    if int(img_size) < 1:
+        raise ValueError(f"img_size must be positive, got {img_size}")
+    raw = check_raw_chw(raw_chw)
+    return normalize_rgb_uint8(resize_rgb_uint8(raw_to_rgb_uint8(raw), int(img_size)))

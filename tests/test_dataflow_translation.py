@@ -1,0 +1,105 @@
+"""The job as ./run_dataflow.sh launches it, translated by DataflowRunner offline (Beam's --dry_run=True).
+
+The command comes from `run_dataflow.sh --dry-run`; its pipeline arguments go through the CLI's own entry
+(`pipeline.run.parse_and_validate` + `pipeline.run.run`), exactly as `python -m pipeline` would take them.
+Translation only: Earth Engine and the model are booby-trapped, the GCS listing of --output is stubbed.
+"""
+import os
+import pathlib
+import shlex
+import subprocess
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+IMAGE = "us-central1-docker.pkg.dev/my-proj/images/dynamicvis:0.1.0"
+LAUNCHER = ["--project", "my-proj", "--region", "us-central1", "--temp-location", "gs://my-bucket/tmp",
+            "--image", IMAGE]
+PIPELINE = ["--bbox", "8.0,47.0,8.05,47.05", "--start", "2024-06-01", "--end", "2024-07-01",
+            "--output", "gs://my-bucket/emb/test", "--skip-existing"]
+ACCELERATOR_URN = "beam:resources:accelerator:v1"
+
+
+def launcher_command(extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DATAFLOW_")}
+    env["DATAFLOW_JOB_NAME"] = "translation-test"
+    proc = subprocess.run(["bash", str(ROOT / "run_dataflow.sh"), "--dry-run", *LAUNCHER, *extra, "--", *PIPELINE],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    command = shlex.split(proc.stdout)
+    assert command[1:3] == ["-m", "pipeline"]
+    return command[3:]
+
+
+@pytest.fixture
+def translate(monkeypatch):
+    """argv (as `python -m pipeline` gets it) -> the translated Dataflow job, without submitting it."""
+    from pipeline import run as cli
+
+    def forbidden(*_args, **_kwargs):
+        raise AssertionError("translation must not contact Earth Engine or load the model")
+
+    import ee
+
+    monkeypatch.setattr(ee, "Initialize", forbidden)
+    monkeypatch.setattr("transforms.inference.DynamicVisModelHandler.load_model", forbidden)
+    monkeypatch.setattr(cli, "check_output", lambda spec: [])  # would list gs://.../emb/test
+
+    def _translate(argv):
+        options, spec = cli.parse_and_validate([*argv, "--dry_run=True"])
+        result = cli.run(options, spec)
+        return result.job
+
+    return _translate
+
+
+def environments_by_transform(job):
+    """{transform unique name: its environment} of every transform that runs in an environment."""
+    components = job.proto_pipeline.components
+    return {t.unique_name: components.environments[t.environment_id]
+            for t in components.transforms.values() if t.environment_id}
+
+
+def container_image(environment):
+    from apache_beam.portability.api import beam_runner_api_pb2
+
+    return beam_runner_api_pb2.DockerPayload.FromString(environment.payload).container_image
+
+
+def test_step_mode_puts_the_gpu_on_the_inference_step_only(translate):
+    job = translate(launcher_command([]))
+    envs = environments_by_transform(job)
+    hinted = {name for name, env in envs.items() if ACCELERATOR_URN in env.resource_hints}
+    assert hinted and all(name.startswith("Embed/") for name in hinted), sorted(hinted)
+    assert any("RunInference" in name or "BeamML" in name for name in hinted) or len(hinted) >= 1
+    for name in hinted:
+        assert envs[name].resource_hints[ACCELERATOR_URN] == (
+            b"type:nvidia-l4;count:1;install-nvidia-driver;machine_type:g2-standard-8")
+    # Fetching from Earth Engine and writing do not ask for a GPU.
+    assert any(name.startswith("FetchTiles") for name in envs)
+    assert not any(ACCELERATOR_URN in env.resource_hints for name, env in envs.items()
+                   if name.startswith(("FetchTiles", "WriteParquet", "PlanTiles")))
+    # Every environment runs the custom worker image.
+    assert {container_image(env) for env in job.proto_pipeline.components.environments.values()} == {IMAGE}
+
+    environment = job.proto.environment
+    experiments = set(environment.experiments)
+    assert "use_runner_v2" in experiments
+    assert "no_use_multiple_sdk_containers" not in experiments  # the model is shared across SDK processes
+    assert not any("worker_accelerator" in option for option in environment.serviceOptions)
+    (pool,) = environment.workerPools
+    assert pool.machineType == "n2-standard-4"
+    assert pool.diskSizeGb == 100
+    assert pool.autoscalingSettings.maxNumWorkers == 10
+    assert environment.tempStoragePrefix.endswith("my-bucket/tmp")
+
+
+def test_worker_mode_attaches_the_gpu_to_every_worker(translate):
+    job = translate(launcher_command(["--gpu-mode", "worker", "--single-sdk-process"]))
+    envs = environments_by_transform(job)
+    assert not any(ACCELERATOR_URN in env.resource_hints for env in envs.values())
+    environment = job.proto.environment
+    assert "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver" in list(environment.serviceOptions)
+    assert {"use_runner_v2", "no_use_multiple_sdk_containers"} <= set(environment.experiments)
+    (pool,) = environment.workerPools
+    assert pool.machineType == "g2-standard-8"

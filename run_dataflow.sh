@@ -43,6 +43,10 @@ Launcher options (flag | environment variable | default):
   --single-sdk-process    DATAFLOW_SINGLE_SDK_PROCESS=1  one SDK process per worker
                                                       (experiment no_use_multiple_sdk_containers)
   --ee-project ID         EE_PROJECT                  PROJECT; Earth Engine project billed for requests
+  --ee-quota-concurrent N EE_QUOTA_CONCURRENT         40; the EE project's concurrent-request quota
+  --ee-quota-rps R        EE_QUOTA_RPS                100; the EE project's requests/s quota
+                                                      (split over all SDK processes: --ee-max-concurrency and
+                                                      --ee-requests-per-s are derived unless given after --)
   --job-name NAME         DATAFLOW_JOB_NAME           dynamicvis-embed-UTCSTAMP
   --python PATH           PYTHON                      python3; interpreter with the project installed
   --dry-run                                           print the exact command, launch nothing
@@ -74,6 +78,8 @@ SUBNETWORK=${DATAFLOW_SUBNETWORK:-}
 NO_PUBLIC_IPS=${DATAFLOW_NO_PUBLIC_IPS:-0}
 SINGLE_SDK_PROCESS=${DATAFLOW_SINGLE_SDK_PROCESS:-0}
 EE_PROJECT=${EE_PROJECT:-}
+EE_QUOTA_CONCURRENT=${EE_QUOTA_CONCURRENT:-40}
+EE_QUOTA_RPS=${EE_QUOTA_RPS:-100}
 JOB_NAME=${DATAFLOW_JOB_NAME:-}
 PYTHON=${PYTHON:-python3}
 DRY_RUN=0
@@ -107,6 +113,8 @@ while [[ $# -gt 0 ]]; do
     --no-public-ips) NO_PUBLIC_IPS=1; shift ;;
     --single-sdk-process) SINGLE_SDK_PROCESS=1; shift ;;
     --ee-project) need_value "$1" $#; EE_PROJECT=$2; shift 2 ;;
+    --ee-quota-concurrent) need_value "$1" $#; EE_QUOTA_CONCURRENT=$2; shift 2 ;;
+    --ee-quota-rps) need_value "$1" $#; EE_QUOTA_RPS=$2; shift 2 ;;
     --job-name) need_value "$1" $#; JOB_NAME=$2; shift 2 ;;
     --python) need_value "$1" $#; PYTHON=$2; shift 2 ;;
     --dry-run) DRY_RUN=1; shift ;;
@@ -206,6 +214,12 @@ EE_PROJECT=${EE_PROJECT:-$PROJECT}
 if [[ -n $EE_PROJECT && ! $EE_PROJECT =~ ^[a-z][a-z0-9-]{4,28}[a-z0-9]$ ]]; then
   err "Earth Engine project '$EE_PROJECT' is not a Cloud project ID"
 fi
+if [[ ! $EE_QUOTA_CONCURRENT =~ ^[1-9][0-9]*$ ]]; then
+  err "EE concurrent-request quota '$EE_QUOTA_CONCURRENT' must be a positive integer"
+fi
+if [[ ! $EE_QUOTA_RPS =~ ^[1-9][0-9]*$ ]]; then
+  err "EE requests/s quota '$EE_QUOTA_RPS' must be a positive integer"
+fi
 JOB_NAME=${JOB_NAME:-dynamicvis-embed-$(date -u +%Y%m%d-%H%M%S)}
 if [[ ! $JOB_NAME =~ ^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$ ]]; then
   err "job name '$JOB_NAME' must be lowercase letters, digits and hyphens, starting with a letter (<= 63)"
@@ -214,11 +228,15 @@ fi
 # Pipeline options: --output must be on GCS; what the launcher sets must not be given twice.
 OUTPUT=''
 expect_output=0
+HAS_EE_CONCURRENCY=0
+HAS_EE_RATE=0
 for arg in "${PIPELINE_ARGS[@]}"; do
   if [[ $expect_output == 1 ]]; then OUTPUT=$arg; expect_output=0; continue; fi
   case $arg in
     --output) expect_output=1 ;;
     --output=*) OUTPUT=${arg#--output=} ;;
+    --ee-max-concurrency*|--ee_max_concurrency*) HAS_EE_CONCURRENCY=1 ;;
+    --ee-requests-per-s*|--ee_requests_per_s*) HAS_EE_RATE=1 ;;
     --runner|--runner=*|--project|--project=*|--region|--region=*|--temp_location*|--staging_location*|\
     --sdk_container_image*|--sdk_location*|--machine_type*|--worker_machine_type*|--max_num_workers*|\
     --num_workers*|--disk_size_gb*|--service_account_email*|--subnetwork*|--dataflow_service_options*|\
@@ -238,6 +256,23 @@ if [[ ${#ERRORS[@]} -gt 0 ]]; then
   echo "See $PROG --help and docs/DEPLOY.md." >&2
   exit 2
 fi
+
+# ---- Earth Engine quota split ----------------------------------------------------------------------------------
+# The project's EE quotas are shared by every SDK process of the job that fetches: max workers x one process per
+# vCPU of the machine that runs the fetch step (one per worker with --single-sdk-process).
+if [[ $GPU_MODE == step ]]; then FETCH_MACHINE=$MACHINE_TYPE; else FETCH_MACHINE=$GPU_MACHINE_TYPE; fi
+VCPUS=${FETCH_MACHINE##*-}
+if [[ $FETCH_MACHINE == *-custom-* ]]; then VCPUS=$(cut -d- -f3 <<<"$FETCH_MACHINE"); fi
+[[ $SINGLE_SDK_PROCESS == 1 ]] && VCPUS=1
+FETCH_PROCESSES=$((MAX_WORKERS * VCPUS))
+EE_CONCURRENCY=$((EE_QUOTA_CONCURRENT / FETCH_PROCESSES))
+if [[ $EE_CONCURRENCY -lt 1 ]]; then
+  EE_CONCURRENCY=1
+  echo "$PROG: note: $FETCH_PROCESSES fetching SDK processes ($MAX_WORKERS workers x $VCPUS) exceed the EE" \
+       "concurrency quota ($EE_QUOTA_CONCURRENT) at one request each: expect 429 retries; lower --max-workers" \
+       "or ask for more EE quota" >&2
+fi
+EE_RATE=$(awk -v q="$EE_QUOTA_RPS" -v n="$FETCH_PROCESSES" 'BEGIN { printf "%.3g", q / n }')
 
 # ---- the command ---------------------------------------------------------------------------------------------
 GPU_SPEC="type:${ACCELERATOR};count:1;install-nvidia-driver"
@@ -269,6 +304,8 @@ fi
 [[ -n $SUBNETWORK ]] && CMD+=("--subnetwork=$SUBNETWORK")
 [[ $NO_PUBLIC_IPS == 1 ]] && CMD+=(--no_use_public_ips)
 [[ $SINGLE_SDK_PROCESS == 1 ]] && CMD+=(--experiments=no_use_multiple_sdk_containers)
+[[ $HAS_EE_CONCURRENCY == 0 ]] && CMD+=("--ee-max-concurrency=$EE_CONCURRENCY")
+[[ $HAS_EE_RATE == 0 ]] && CMD+=("--ee-requests-per-s=$EE_RATE")
 CMD+=("${PIPELINE_ARGS[@]}")
 
 if [[ $DRY_RUN == 1 ]]; then

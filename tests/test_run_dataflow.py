@@ -140,6 +140,8 @@ def test_dry_run_prints_the_default_step_mode_command():
         "--gpu": "type:nvidia-l4;count:1;install-nvidia-driver;machine_type:g2-standard-8",
         "--sdk_container_image": "us-central1-docker.pkg.dev/my-proj/images/dynamicvis:0.1.0",
         "--sdk_location": "container",
+        "--ee-max-concurrency": "1",  # EE quotas (40 concurrent, 100/s) over 10 workers x 4 SDK processes
+        "--ee-requests-per-s": "2.5",
     }
     assert command[-len(PIPELINE):] == PIPELINE  # pipeline options pass through unchanged, last
     assert not any("worker_accelerator" in word for word in command)  # right fitting forbids it
@@ -168,6 +170,22 @@ def test_dry_run_worker_mode_env_settings_and_model_sharing():
     assert got["--subnetwork"] == "regions/europe-west4/subnetworks/dv"
     assert "--no_use_public_ips" in command
     assert got["--ee-project"] == "ee-billing"
+    assert got["--ee-max-concurrency"] == "10" and got["--ee-requests-per-s"] == "25"  # one process per worker
+
+
+def test_ee_quota_split_and_explicit_pipeline_values():
+    command = dry_run([*GOOD, "--max-workers", "2", "--machine-type", "n2-standard-2", "--ee-quota-rps", "50",
+                       "--", *PIPELINE])
+    got = flags(command)
+    assert got["--ee-max-concurrency"] == "10" and got["--ee-requests-per-s"] == "12.5"
+    command = dry_run([*GOOD, "--", *PIPELINE, "--ee-max-concurrency", "3", "--ee-requests-per-s=1"])
+    assert "--ee-max-concurrency=1" not in command and "--ee-requests-per-s=2.5" not in command
+    assert command[-3:] == ["--ee-max-concurrency", "3", "--ee-requests-per-s=1"]
+    proc = launch(["--dry-run", *GOOD, "--max-workers", "50", "--", *PIPELINE])
+    assert proc.returncode == 0
+    assert "exceed the EE concurrency quota (40)" in proc.stderr  # a note, not an error
+    proc = launch([*GOOD, "--ee-quota-rps", "0", "--", *PIPELINE])
+    assert proc.returncode == 2 and "requests/s quota '0' must be a positive integer" in proc.stderr
 
 
 def test_flag_beats_environment_and_setup_file_mode():

@@ -249,9 +249,9 @@ class DynamicVisBackbone(nn.Module):
     def out_channels(self) -> tuple[int, ...]:
         return tuple(self.channels[i] for i in self.out_indices)
 
-    def set_scan(self, scan: str) -> None:
+    def set_scan(self, scan: str, device: torch.device | str | None = None) -> None:
         """Switch every Mamba mixer to another scan backend (see ``models.scan.resolve_scan``)."""
-        scan_fn = resolve_scan(scan)
+        scan_fn = resolve_scan(scan, device)
         for module in self.modules():
             if isinstance(module, MambaMixer):
                 module.scan_fn = scan_fn

@@ -1,0 +1,126 @@
+"""Model settings: explicit arguments > ``RS_EMBED_DYNAMICVIS_*`` environment (the adapter card's knobs) > defaults."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_HF_REPO = "KyanChen/DynamicVis"
+DEFAULT_CKPT_FILE = "pretrain_dynamicvis_b_bf16_mamba_best_single-label_f1-score_epoch_170.pth"
+DEFAULT_CHECKPOINT = f"hf://{DEFAULT_HF_REPO}/{DEFAULT_CKPT_FILE}"
+UPSTREAM_REPO_URL = "https://github.com/KyanChen/DynamicVis.git"
+UPSTREAM_COMMIT = "0bfe96f471af4ddf1c41ae596c468ce40502b67a"
+ENV_PREFIX = "RS_EMBED_DYNAMICVIS_"
+
+ARCH_CHOICES = ("auto", "b", "base", "l", "large")
+PRECISIONS = ("fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _env_bool(name: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"{name}={value!r} is not a boolean; use 1/0, true/false, yes/no")
+
+
+def _env_number(name: str, value: str, kind: type):
+    try:
+        return kind(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not a valid {kind.__name__}") from None
+
+
+def default_cache_dir() -> Path:
+    """Converted-weights cache: ``DYNAMICVIS_CACHE_DIR`` or ``~/.cache/dynamicvis_s2``."""
+    return Path(os.environ.get("DYNAMICVIS_CACHE_DIR") or Path.home() / ".cache" / "dynamicvis_s2").expanduser()
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to build the backbone and reproduce an embedding run.
+
+    ``checkpoint`` is ``hf://OWNER/REPO/FILE``, a local path or ``gs://BUCKET/OBJECT``. The upstream-code
+    mode (``upstream_repo_path`` / ``upstream_auto_download``) is opt-in; auto-clone is off by default.
+    """
+
+    checkpoint: str = DEFAULT_CHECKPOINT
+    arch: str = "auto"
+    img_size: int = 512
+    path_type: str = "forward_reverse_mean"
+    sampling_scale: float = 0.1
+    mamba2: bool = False
+    scan: str = "auto"
+    precision: str = "fp32"
+    device: str = "auto"
+    cache_dir: str | None = None
+    upstream_repo_path: str | None = None
+    upstream_auto_download: bool = False
+    upstream_repo_url: str = UPSTREAM_REPO_URL
+    upstream_repo_cache: str = field(default_factory=lambda: str(Path.home() / ".cache" / "rs_embed" / "dynamicvis"))
+
+    def __post_init__(self) -> None:
+        if str(self.arch).lower() not in ARCH_CHOICES:
+            raise ValueError(f"arch={self.arch!r}: use one of {ARCH_CHOICES}")
+        if not isinstance(self.img_size, int) or self.img_size < 32 or self.img_size % 32:
+            raise ValueError(f"img_size={self.img_size!r}: must be a positive multiple of 32 (the backbone "
+                             "downsamples by 32); the official setting is 512")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r}: use one of {PRECISIONS}")
+        if self.device not in DEVICES and not str(self.device).startswith("cuda:"):
+            raise ValueError(f"device={self.device!r}: use one of {DEVICES} or 'cuda:N'")
+        if not self.checkpoint:
+            raise ValueError("checkpoint is empty: give hf://OWNER/REPO/FILE, a local path or gs://BUCKET/OBJECT")
+
+    @property
+    def use_upstream_code(self) -> bool:
+        return bool(self.upstream_repo_path) or self.upstream_auto_download
+
+    @property
+    def resolved_cache_dir(self) -> Path:
+        return Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir()
+
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: "os._Environ | dict | None" = None, **overrides) -> "ModelConfig":
+        """Defaults, then ``RS_EMBED_DYNAMICVIS_*`` variables, then explicit (non-None) ``overrides``."""
+        env = os.environ if environ is None else environ
+        values: dict = {}
+
+        def get(name: str):
+            value = env.get(ENV_PREFIX + name)
+            return None if value is None or value.strip() == "" else value.strip()
+
+        repo, ckpt_file = get("HF_REPO"), get("CKPT_FILE")
+        if ckpt_file and ("://" in ckpt_file or os.path.isabs(ckpt_file)):
+            values["checkpoint"] = ckpt_file
+        elif repo or ckpt_file:
+            values["checkpoint"] = f"hf://{repo or DEFAULT_HF_REPO}/{ckpt_file or DEFAULT_CKPT_FILE}"
+        if get("IMG"):
+            values["img_size"] = _env_number(ENV_PREFIX + "IMG", get("IMG"), int)
+        if get("ARCH"):
+            values["arch"] = get("ARCH").lower()
+        if get("PATH_TYPE"):
+            values["path_type"] = get("PATH_TYPE")
+        if get("SAMPLING_SCALE"):
+            values["sampling_scale"] = _env_number(ENV_PREFIX + "SAMPLING_SCALE", get("SAMPLING_SCALE"), float)
+        if get("MAMBA2") is not None:
+            values["mamba2"] = _env_bool(ENV_PREFIX + "MAMBA2", get("MAMBA2"))
+        if get("REPO_PATH"):
+            values["upstream_repo_path"] = get("REPO_PATH")
+        if get("AUTO_DOWNLOAD_REPO") is not None:
+            values["upstream_auto_download"] = _env_bool(ENV_PREFIX + "AUTO_DOWNLOAD_REPO", get("AUTO_DOWNLOAD_REPO"))
+        if get("REPO_URL"):
+            values["upstream_repo_url"] = get("REPO_URL")
+        if get("REPO_CACHE"):
+            values["upstream_repo_cache"] = get("REPO_CACHE")
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise TypeError(f"unknown ModelConfig fields: {sorted(unknown)}")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)

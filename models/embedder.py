@@ -1,0 +1,98 @@
+"""Building the backbone from a ModelConfig, and the embedder API the pipeline uses."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.backbone import DynamicVisBackbone
+from models.checkpoint import CheckpointInfo, load_backbone_weights
+from models.config import ModelConfig
+from models.preprocess import check_raw_chw, preprocess_s2_rgb
+
+POOLINGS = {"mean": "featmap_mean", "max": "featmap_max"}
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={device!r} but CUDA is not available; use device='cpu' or 'auto'")
+    return torch.device(device)
+
+
+def load_backbone(config: ModelConfig) -> tuple[torch.nn.Module, CheckpointInfo]:
+    """The configured backbone with checked official weights, in eval mode on its device."""
+    state, info = load_backbone_weights(config.checkpoint, config.arch, config.resolved_cache_dir)
+    device = resolve_device(config.device)
+    if config.use_upstream_code:
+        from models.upstream import build_upstream_backbone
+
+        model = build_upstream_backbone(config, info.arch)
+    else:
+        model = DynamicVisBackbone(arch=info.arch, img_size=config.img_size, path_type=config.path_type,
+                                   sampling_scale=config.sampling_scale, mamba2=config.mamba2, out_indices=(3,),
+                                   scan="reference")
+        model.set_scan(config.scan, device)
+    model.load_state_dict(state, strict=True)
+    dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32
+    return model.to(device=device, dtype=dtype).eval(), info
+
+
+class DynamicVisEmbedder:
+    """Holds one backbone; embeds batches of raw S2 RGB tiles into pooled vectors and last-stage grids."""
+
+    def __init__(self, config: ModelConfig | None = None):
+        self.config = config or ModelConfig.from_env()
+        self.model, self.checkpoint = load_backbone(self.config)
+        self.device = next(self.model.parameters()).device
+        self.dtype = next(self.model.parameters()).dtype
+
+    @classmethod
+    def from_config(cls, config: ModelConfig | None = None, **overrides) -> "DynamicVisEmbedder":
+        """From a config, or from the environment plus explicit overrides."""
+        return cls(config.replace(**overrides) if config else ModelConfig.from_env(**overrides))
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The adapter card's metadata keys (feature_kind is per call: see ``feature_kind``)."""
+        info, config = self.checkpoint, self.config
+        return {
+            "model": "dynamicvis", "arch": info.arch, "path_type": config.path_type,
+            "sampling_scale": config.sampling_scale, "mamba2": config.mamba2, "img": config.img_size,
+            "hf_repo": info.repo, "ckpt_file": info.file, "ckpt_sha256": info.sha256, "checkpoint": info.source,
+            "feature_kind": POOLINGS["mean"], "grid_kind": "last_stage_featmap",
+            "scan": config.scan, "precision": config.precision,
+            "implementation": "upstream" if config.use_upstream_code else "native",
+        }
+
+    @staticmethod
+    def feature_kind(pooling: str) -> str:
+        try:
+            return POOLINGS[pooling]
+        except KeyError:
+            raise ValueError(f"pooling={pooling!r}: use one of {sorted(POOLINGS)}") from None
+
+    def preprocess(self, raw_chw_batch: np.ndarray) -> np.ndarray:
+        """(B, 3, H, W) raw SR -> (B, 3, img, img) normalised float32 (NaN -> 0, clipped to 0..10000)."""
+        batch = check_raw_chw(raw_chw_batch, batched=True)
+        return np.stack([preprocess_s2_rgb(chw, self.config.img_size) for chw in batch])
+
+    def embed(self, raw_chw_batch: np.ndarray, pooling: str = "mean", grid: bool = False) -> dict:
+        """Raw S2 RGB tiles (B, 3, H, W) -> dict(pooled=(B, D) float32, grid=(B, D, h, w) float32 or None)."""
+        self.feature_kind(pooling)
+        return self.embed_preprocessed(self.preprocess(raw_chw_batch), pooling=pooling, grid=grid)
+
+    @torch.inference_mode()
+    def embed_preprocessed(self, x: np.ndarray | torch.Tensor, pooling: str = "mean", grid: bool = False) -> dict:
+        """Already-normalised inputs (B, 3, img, img) -> pooled vectors (and grids)."""
+        self.feature_kind(pooling)
+        tensor = torch.as_tensor(x)
+        if tensor.ndim != 4:
+            raise ValueError(f"expected a batch (B, 3, {self.config.img_size}, {self.config.img_size}), "
+                             f"got shape {tuple(tensor.shape)}")
+        featmap = self.model(tensor.to(device=self.device, dtype=self.dtype))[-1].float()
+        pooled = featmap.mean(dim=(2, 3)) if pooling == "mean" else featmap.amax(dim=(2, 3))
+        return {"feature_kind": POOLINGS[pooling], "pooled": pooled.cpu().numpy().astype(np.float32),
+                "grid": featmap.cpu().numpy().astype(np.float32) if grid else None}

@@ -106,7 +106,7 @@ def main(argv=None) -> int:
                                  single, ee_settings))
         rows.append(run_pipeline(server, "1 request/tile, sequential",
                                  all_tiles[:args.sequential_tiles], sequential, ee_settings))
-        server.reset(faults=FaultRates(rate_429=args.rate_429, rate_500=args.rate_500, seed=1))
+        server.reset(faults=FaultRates(rate_429=args.rate_429, rate_500=args.rate_500, seed=1), latency=latency)
         rows.append(run_pipeline(server, f"super-tile, {args.rate_429:.0%} 429 + {args.rate_500:.0%} 500",
                                  all_tiles, ours, ee_settings))
 

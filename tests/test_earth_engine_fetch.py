@@ -204,3 +204,21 @@ def earth_engine_latency(seconds):
     from tests.fakes.ee_server import LatencyModel
 
     return LatencyModel(base_s=seconds)
+
+
+def test_concurrency_cap_holds_across_threads_of_one_process(fake_ee):
+    """Beam runs several DoFn threads per worker process; the cap is per process."""
+    import threading
+
+    fake_ee.server.reset(latency=earth_engine_latency(0.05))
+    batches = [requests_grid(range(k * 4, k * 4 + 4), range(1)) for k in range(3)]
+    outputs = []
+    threads = [threading.Thread(target=lambda b=b: outputs.append(fetch(fake_ee, b, super_tile=1,
+                                                                          max_concurrency=2)[0]))
+               for b in batches]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(isinstance(r, TilePixels) for out in outputs for r in out) == 12
+    assert fake_ee.server.max_in_flight == 2

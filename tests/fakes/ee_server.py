@@ -140,21 +140,26 @@ def synthetic_value_zone(crs: str, window_start: Optional[dt.date]) -> int:
     return 1 + (epsg * 31 + day) % 9999
 
 
-def synthetic_pixels(crs: str, transform: Sequence[float], width: int, height: int,
-                     window_start: Optional[dt.date], n_scenes: int = 5) -> Dict[str, np.ndarray]:
-    """The fake image on a grid: band name -> (height, width) array. Tests use it as ground truth."""
+def pixel_centres(transform: Sequence[float], width: int, height: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Eastings and northings of the pixel centres, broadcastable to (height, width)."""
     sx, shx, tx, shy, sy, ty = transform
     cols = np.arange(width) + 0.5
     rows = np.arange(height) + 0.5
-    easting = tx + sx * cols[None, :] + shx * rows[:, None]
-    northing = ty + shy * cols[None, :] + sy * rows[:, None]
+    if shx == 0 and shy == 0:  # north-up: 1-D is enough (cheap for big super-tiles)
+        return (tx + sx * cols)[None, :], (ty + sy * rows)[:, None]
+    return (tx + sx * cols[None, :] + shx * rows[:, None], ty + shy * cols[None, :] + sy * rows[:, None])
+
+
+def synthetic_pixels(crs: str, transform: Sequence[float], width: int, height: int,
+                     window_start: Optional[dt.date], n_scenes: int = 5) -> Dict[str, np.ndarray]:
+    """The fake image on a grid: band name -> (height, width) array. Tests use it as ground truth."""
+    easting, northing = pixel_centres(transform, width, height)
+    shape = (height, width)
     return {
-        "B4": np.broadcast_to(synthetic_value_x(easting), (height, width)).copy(),
-        "B3": np.broadcast_to(synthetic_value_y(northing), (height, width)).copy(),
-        "B2": np.full((height, width), synthetic_value_zone(crs, window_start), np.uint16),
-        SCENE_COUNT_BAND: np.full((height, width), n_scenes, np.uint8),
-        "_easting": easting * np.ones((height, 1)),
-        "_northing": northing * np.ones((1, width)),
+        "B4": np.broadcast_to(synthetic_value_x(easting), shape),
+        "B3": np.broadcast_to(synthetic_value_y(northing), shape),
+        "B2": np.broadcast_to(np.uint16(synthetic_value_zone(crs, window_start)), shape),
+        SCENE_COUNT_BAND: np.broadcast_to(np.uint8(n_scenes), shape),
     }
 
 
@@ -163,8 +168,8 @@ class FakeEarthEngine:
 
     def __init__(self, *, faults: FaultRates = FaultRates(), latency: LatencyModel = LatencyModel(),
                  stall_s: float = 5.0, n_scenes: int = 5, host: str = "127.0.0.1", port: int = 0):
-        self.faults = faults
-        self.latency = latency
+        self.faults = self._initial_faults = faults
+        self.latency = self._initial_latency = latency
         self.stall_s = stall_s
         self.n_scenes = n_scenes
         self._lock = threading.Lock()
@@ -208,7 +213,8 @@ class FakeEarthEngine:
 
     # ----------------------------------------------------------------- scripting
     def reset(self, *, faults: Optional[FaultRates] = None, latency: Optional[LatencyModel] = None) -> None:
-        """Forget recorded calls, rules and empty areas (between tests sharing one server).
+        """Forget recorded calls, rules and empty areas (between tests sharing one server); fault
+        rates and latency go back to the constructor's unless given here.
 
         Stalled requests are released first, so they do not count as in flight in the next test."""
         self._stop_stalls.set()
@@ -221,10 +227,8 @@ class FakeEarthEngine:
             self._rules.clear()
             self._empty_areas.clear()
             self.max_in_flight = 0
-            if faults is not None:
-                self.faults = faults
-            if latency is not None:
-                self.latency = latency
+            self.faults = faults if faults is not None else self._initial_faults
+            self.latency = latency if latency is not None else self._initial_latency
             self._rng = random.Random(self.faults.seed)
 
     def add_rule(self, predicate: Callable[[ComputePixelsCall], bool], fault: Fault,
@@ -274,21 +278,21 @@ class FakeEarthEngine:
     def _render(self, call: ComputePixelsCall, band_ids: Sequence[str]) -> bytes:
         start = call.window_start
         bands = synthetic_pixels(call.crs, call.transform, call.width, call.height, start, self.n_scenes)
-        empty = np.zeros((call.height, call.width), bool)
-        with self._lock:
-            areas = list(self._empty_areas)
-        for area in areas:
-            if area.crs == call.crs and (area.window_start is None or area.window_start == start):
-                xmin, ymin, xmax, ymax = area.bounds
-                empty |= ((bands["_easting"] >= xmin) & (bands["_easting"] < xmax)
-                          & (bands["_northing"] >= ymin) & (bands["_northing"] < ymax))
-        unknown = [b for b in band_ids if b not in bands or b.startswith("_")]
+        unknown = [b for b in band_ids if b not in bands]
         if unknown:
             raise _BadRequest(f"Image.select: Pattern '{unknown[0]}' did not match any bands.")
         dtype = np.dtype([(b, bands[b].dtype) for b in band_ids])
-        out = np.zeros((call.height, call.width), dtype)
+        out = np.empty((call.height, call.width), dtype)
         for b in band_ids:
-            out[b] = np.where(empty, 0, bands[b])
+            out[b] = bands[b]
+        with self._lock:
+            areas = [a for a in self._empty_areas if a.crs == call.crs
+                     and (a.window_start is None or a.window_start == start)]
+        if areas:
+            easting, northing = pixel_centres(call.transform, call.width, call.height)
+            for area in areas:
+                xmin, ymin, xmax, ymax = area.bounds
+                out[(easting >= xmin) & (easting < xmax) & (northing >= ymin) & (northing < ymax)] = 0
         buf = io.BytesIO()
         np.save(buf, out, allow_pickle=False)
         return buf.getvalue()

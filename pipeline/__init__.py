@@ -1,0 +1,18 @@
+"""DynamicVis embeddings of Sentinel-2 RGB: the Beam pipeline (`python -m pipeline`) and the card's Python API.
+
+The API names are imported lazily so that `import pipeline` (e.g. by Beam workers unpickling options)
+stays light.
+"""
+__version__ = "0.1.0"
+
+_API = ("get_embedding", "get_embeddings_batch", "PointBuffer", "BBox", "TemporalSpec", "OutputSpec",
+        "Embedding")
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name):
+    if name in _API:
+        from pipeline import api
+        return getattr(api, name)
+    raise AttributeError(f"module 'pipeline' has no attribute {name!r}")

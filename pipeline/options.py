@@ -15,9 +15,9 @@ from typing import Iterable, List, Sequence
 from apache_beam.options.pipeline_options import PipelineOptions
 
 
-def _flag(parser, name: str, **kwargs) -> None:
+def _flag(parser, name: str, underscore_alias: bool = True, **kwargs) -> None:
     dest = name.replace("-", "_")
-    spellings = [f"--{name}"] + ([f"--{dest}"] if dest != name else [])
+    spellings = [f"--{name}"] + ([f"--{dest}"] if dest != name and underscore_alias else [])
     parser.add_argument(*spellings, dest=kwargs.pop("dest", dest), **kwargs)
 
 
@@ -36,14 +36,15 @@ class EmbeddingOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
         g = parser.add_argument_group("regions (at least one)")
-        _flag(g, "bbox", action="append", default=None, metavar="W,S,E,N",
-              help="lon/lat box west,south,east,north (repeatable)")
-        _flag(g, "geojson", action="append", default=None, metavar="PATH",
-              help="GeoJSON file (local or gs://) with Polygon/MultiPolygon features (repeatable)")
+        _flag(g, "bbox", default=None, metavar="W,S,E,N",
+              help="lon/lat box west,south,east,north (write --bbox=-10,40,-5,45 when W is negative)")
+        _flag(g, "geojson", default=None, metavar="PATH",
+              help="GeoJSON file (local or gs://) with Polygon/MultiPolygon features")
         _flag(g, "points", default=None, metavar="CSV",
               help="CSV of lon,lat[,id] points; each becomes a square of --buffer-m around it")
         _flag(g, "buffer-m", type=float, default=None,
-              help="half-size in metres of the square around each --points point (default: half a tile)")
+              help="half the side (metres) of the square around each --points point; 0 = the tile containing it")
+        _flag(g, "request-id", default=None, help="name of the request (default: derived from the input)")
 
         g = parser.add_argument_group("time")
         _flag(g, "start", default=None, metavar="YYYY-MM-DD", help="window start (inclusive)")
@@ -56,17 +57,26 @@ class EmbeddingOptions(PipelineOptions):
         _flag(g, "tile-px", type=int, default=512, help="tile size in pixels (default 512)")
         _flag(g, "scale-m", type=float, default=10.0, help="pixel size in metres (default 10)")
         _flag(g, "cloudy-pct", type=float, default=30.0, help="max scene CLOUDY_PIXEL_PERCENTAGE (default 30)")
-        _flag(g, "composite", default="median", help="composite reducer (default median)")
+        _flag(g, "composite", default="median", help="median | mosaic (default median)")
+        _flag(g, "cloud-mask", default=None, help="none | cloud_score_plus | scl (default none)")
+        _flag(g, "min-valid-fraction", type=float, default=0.0,
+              help="tiles with fewer valid pixels are dead-lettered (default 0)")
+        _flag(g, "super-tile", type=int, default=4,
+              help="tiles per side fetched in one Earth Engine request (default 4; 1 = one request per tile)")
 
         g = parser.add_argument_group("Earth Engine")
         _flag(g, "ee-project", default=None, help="Earth Engine / Cloud project")
         _flag(g, "ee-endpoint", default=None,
               help="Earth Engine API base URL (default: the high-volume endpoint)")
-        _flag(g, "ee-credentials", default=None,
-              help="'default' (Application Default Credentials), 'anonymous' (test servers) "
-                   "or a service-account key file")
-        _flag(g, "ee-max-concurrency", type=int, default=None, help="concurrent EE requests per worker")
-        _flag(g, "ee-requests-per-s", type=float, default=None, help="EE requests/s per worker")
+        _flag(g, "ee-credentials", default="adc",
+              help="'adc' (Application Default Credentials, default), 'anonymous' (local test servers; "
+                   "needs --ee-project) or a service-account key file")
+        _flag(g, "ee-max-concurrency", type=int, default=None,
+              help="concurrent EE requests per worker process (default: project limit / --ee-workers)")
+        _flag(g, "ee-requests-per-s", type=float, default=None,
+              help="EE requests/s per worker process (default: project limit / --ee-workers)")
+        _flag(g, "ee-workers", type=int, default=None,
+              help="worker processes sharing the EE quota (default: --max_num_workers or --num_workers, else 1)")
 
         g = parser.add_argument_group("model")
         _flag(g, "checkpoint", default=None,
@@ -97,7 +107,7 @@ class EmbeddingOptions(PipelineOptions):
         _flag(g, "skip-existing", action="store_true", default=False,
               help="skip tiles already in the output; required to write into a non-empty output")
         _flag(g, "num-shards", type=int, default=0, help="Parquet shards (default: runner decides)")
-        _flag(g, "dry-run", dest="plan_only", action="store_true", default=False,
+        _flag(g, "dry-run", underscore_alias=False, dest="plan_only", action="store_true", default=False,
               help="print tiles, EE requests, bytes and time at the quota, then exit")
         _flag(g, "progress-interval-s", type=float, default=30.0, help="seconds between progress log lines")
 

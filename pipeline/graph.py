@@ -1,0 +1,86 @@
+"""Assembly of the Beam graph (the same graph on DirectRunner and Dataflow).
+
+    PlanTiles -> DropExisting -> FetchTiles -> Reshuffle -> RunInference -> ToRows
+        rows         -> Parquet shards (+ BigQuery)
+        dead letters -> failed/*.jsonl            (fetch, inference and encode failures)
+        counts       -> manifest.json             (after all writes have finished)
+"""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import apache_beam as beam
+from apache_beam.ml.inference.base import RunInference
+
+from pipeline import manifest as manifest_lib
+from pipeline.spec import RunSpec
+from transforms import progress, schema, write
+from transforms.inference import DynamicVisModelHandler
+
+
+def model_handler(spec: RunSpec) -> DynamicVisModelHandler:
+    return DynamicVisModelHandler(spec.model, pooling=spec.pooling, grid=spec.grid,
+                                  min_batch_size=spec.min_batch_size, max_batch_size=spec.max_batch_size,
+                                  gpu=spec.gpu)
+
+
+def run_info(spec: RunSpec) -> schema.RunInfo:
+    from pipeline import __version__
+
+    return schema.RunInfo(pipeline_version=__version__, composite=spec.s2.composite,
+                          cloudy_pct=float(spec.s2.cloudy_pct), pooling=spec.pooling, created_at=spec.created_at)
+
+
+def run_configuration(spec: RunSpec) -> dict:
+    """What goes in the manifest and in every shard's metadata (scrubbed of credentials)."""
+    import dataclasses
+
+    return manifest_lib.run_configuration(
+        {**spec.our_options, "run_id": spec.run_id}, spec.beam_options,
+        dataclasses.asdict(spec.model) if dataclasses.is_dataclass(spec.model) else dict(vars(spec.model)))
+
+
+def build(pipeline: beam.Pipeline, spec: RunSpec, existing_shards: List[str],
+          planned_tiles: Optional[int] = None, bigquery_temp: Optional[str] = None) -> None:
+    """Add the whole embedding job to `pipeline`."""
+    from transforms.fetch import DEAD_LETTER, PIXELS, FetchTiles
+    from transforms.plan import PlanTiles
+
+    requests = pipeline | "PlanTiles" >> PlanTiles(spec.regions, spec.windows, spec.tile_px, spec.scale_m)
+    existing = (pipeline | "ExistingKeys" >> write.ReadExistingKeys(existing_shards)) if existing_shards else None
+    kept = requests | "DropExisting" >> write.DropExisting(existing)
+    to_fetch = kept.requests | "CountPlanned" >> beam.ParDo(progress.CountProgress(progress.PLANNED))
+    skipped = kept[write.DropExisting.SKIPPED_TAG] | "CountSkipped" >> beam.ParDo(
+        progress.CountProgress(progress.SKIPPED))
+
+    fetched = to_fetch | "FetchTiles" >> FetchTiles(spec.s2, spec.ee)
+    rows_and_letters = (fetched[PIXELS]
+                        # Fetch is I/O bound and inference compute bound: do not fuse them.
+                        | "Reshuffle" >> beam.Reshuffle()
+                        | "KeyByTile" >> beam.Map(write.request_from_pixels)
+                        | "Embed" >> RunInference(model_handler(spec).keyed())
+                        | "ToRows" >> beam.ParDo(write.ToRows(run_info(spec), grid=spec.grid)).with_outputs(
+                            write.DEAD_LETTER_TAG, main="rows"))
+
+    interval = spec.progress_interval_s
+    rows = rows_and_letters.rows | "CountDone" >> beam.ParDo(
+        progress.CountProgress(progress.DONE, planned_tiles, interval))
+    letters = ((fetched[DEAD_LETTER], rows_and_letters[write.DEAD_LETTER_TAG])
+               | "AllDeadLetters" >> beam.Flatten()
+               | "CountFailed" >> beam.ParDo(progress.CountProgress(progress.FAILED, planned_tiles, interval)))
+
+    configuration = run_configuration(spec)
+    shards = rows | "WriteParquet" >> write.WriteParquetShards(
+        spec.output, spec.run_id, grid=spec.grid, run_config=configuration, num_shards=spec.num_shards)
+    if spec.bigquery_table:
+        _ = rows | "WriteBigQuery" >> write.WriteBigQueryRows(spec.bigquery_table, bigquery_temp)
+    letter_files = letters | "WriteDeadLetters" >> write.WriteDeadLetters(spec.output, spec.run_id)
+
+    base = manifest_lib.base_manifest(spec.run_id, spec.created_at, configuration,
+                                      {"tiles": planned_tiles} if planned_tiles is not None else {})
+    counted = {"rows_written": rows, "dead_letters": letters, "fetch_requests": to_fetch,
+               "skipped_existing": skipped}
+    _ = ({**counted, "model": rows | "ModelColumns" >> beam.Map(write.row_model_metadata),
+          "shards": shards, "dead_letter_files": letter_files}
+         | "WriteManifest" >> write.WriteManifest(spec.output, base, sorted(counted)))
+

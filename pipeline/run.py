@@ -1,0 +1,153 @@
+"""Launch: parse and validate the command line, print the plan (--dry-run) or build and run the pipeline.
+
+Everything that can be wrong with the user's input is checked here, before a pipeline object exists.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import List, Optional, Sequence, TextIO
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
+
+from pipeline import options as options_lib
+from pipeline.spec import RunSpec, gcs_temp_location, resolve
+from tiles.errors import InputError
+
+LOGGER = logging.getLogger("dynamicvis")
+_COORDINATE_FLAGS = ("--bbox",)
+EXIT_USAGE = 2
+
+
+def glue_negative_values(argv: Sequence[str]) -> List[str]:
+    """`--bbox -10,40,-5,45` -> `--bbox=-10,40,-5,45` (argparse would take '-10,...' for a flag)."""
+    out: List[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        if args[i] in _COORDINATE_FLAGS and i + 1 < len(args) and args[i + 1][:1] == "-" \
+                and args[i + 1][1:2].isdigit():
+            out.append(f"{args[i]}={args[i + 1]}")
+            i += 2
+            continue
+        out.append(args[i])
+        i += 1
+    return out
+
+
+def print_help(stream: TextIO = sys.stdout) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline",
+        description="DynamicVis embeddings of Sentinel-2 RGB tiles, as an Apache Beam pipeline. "
+                    "Beam's own flags (--runner, --direct_num_workers, --project, --region, ...) work too.")
+    options_lib.EmbeddingOptions._add_argparse_args(parser)  # pylint: disable=protected-access
+    parser.print_help(stream)
+
+
+def parse_and_validate(argv: Sequence[str]) -> tuple:
+    """(PipelineOptions, RunSpec) or InputError. Unknown flags are errors (Beam would only warn)."""
+    argv = glue_negative_values(argv)
+    unknown = options_lib.unknown_arguments(argv)
+    if unknown:
+        raise InputError(f"unknown option(s): {' '.join(unknown)} (see python -m pipeline --help)")
+    options = PipelineOptions(argv)
+    return options, resolve(options)
+
+
+def check_output(spec: RunSpec) -> List[str]:
+    """Existing embedding shards of `--output`; refuse a non-empty output without --skip-existing."""
+    from transforms.write import existing_shards
+
+    shards = existing_shards(spec.output)
+    if shards and not spec.skip_existing:
+        raise InputError(f"--output {spec.output} already holds {len(shards)} embedding shard(s); pass "
+                         f"--skip-existing to embed only the tiles missing there, or choose an empty --output")
+    return shards
+
+
+def planned_tile_count(spec: RunSpec) -> Optional[int]:
+    """Tiles x windows of the run, counted without materialising tiles (for progress ETA and the manifest)."""
+    from pipeline.dry_run import plan
+
+    try:
+        return plan(spec).requests
+    except Exception as error:  # pylint: disable=broad-except  # only progress reporting depends on it
+        LOGGER.warning("could not count tiles up front (%s); progress will not show an ETA", error)
+        return None
+
+
+def check_credentials(spec: RunSpec) -> None:
+    """Earth Engine credentials that cannot work fail here, not in every worker's setup."""
+    import os
+
+    kind = spec.ee.credentials
+    if kind == "anonymous":
+        return
+    if kind == "adc":
+        import google.auth
+        import google.auth.exceptions
+
+        try:
+            google.auth.default()
+        except google.auth.exceptions.DefaultCredentialsError:
+            raise InputError("no Application Default Credentials for Earth Engine: run `gcloud auth "
+                             "application-default login`, or pass --ee-credentials KEY.json "
+                             "(or --ee-credentials anonymous --ee-project P for a local test server)") from None
+    elif not spec.ee.credentials.startswith("gs://") and not os.path.isfile(kind):
+        raise InputError(f"--ee-credentials {kind!r} is neither 'adc', 'anonymous' nor a readable key file")
+
+
+def run(options: PipelineOptions, spec: RunSpec, wait: bool = True):
+    """Build and run the pipeline; returns the PipelineResult."""
+    from apache_beam.options.pipeline_options import TestOptions
+
+    from pipeline import graph
+
+    if not options.view_as(TestOptions).dry_run:  # Beam's --dry_run=True: translate only
+        check_credentials(spec)
+    shards = check_output(spec)
+    if shards:
+        LOGGER.info("skip-existing: reading tile keys from %d existing shard(s)", len(shards))
+    planned = planned_tile_count(spec)
+    options.view_as(SetupOptions).save_main_session = False
+    pipeline = beam.Pipeline(options=options)
+    graph.build(pipeline, spec, shards, planned_tiles=planned, bigquery_temp=gcs_temp_location(options))
+    result = pipeline.run()
+    if wait:
+        result.wait_until_finish()
+    return result
+
+
+def summary(result) -> str:
+    from transforms.progress import DONE, FAILED, SKIPPED, query_counters
+
+    counts = query_counters(result)
+    return (f"finished: {counts[DONE]} tiles embedded, {counts[FAILED]} dead-lettered, "
+            f"{counts[SKIPPED]} skipped as already present")
+
+
+def launch(argv: Sequence[str]) -> int:
+    """CLI entry: exit code 0 on success, 2 on bad input (with a message on stderr)."""
+    if any(a in ("-h", "--help") for a in argv):
+        print_help()
+        return 0
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    LOGGER.setLevel(logging.INFO)
+    try:
+        options, spec = parse_and_validate(argv)
+        if spec.plan_only:
+            from pipeline.dry_run import plan
+
+            print(plan(spec).report())
+            return 0
+        runner = options.view_as(StandardOptions).runner or "DirectRunner"
+        LOGGER.info("run %s on %s -> %s", spec.run_id, runner, spec.output)
+        result = run(options, spec)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    LOGGER.info("%s", summary(result))
+    print(summary(result))
+    return 0

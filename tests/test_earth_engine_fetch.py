@@ -5,7 +5,6 @@ import datetime as dt
 import random
 
 import numpy as np
-import pytest
 
 import earth_engine
 from earth_engine import metrics as m

@@ -18,7 +18,6 @@ import enum
 import http.server
 import io
 import json
-import math
 import pathlib
 import random
 import re

@@ -37,13 +37,13 @@ def glue_negative_values(argv: Sequence[str]) -> List[str]:
     return out
 
 
-def print_help(stream: TextIO = sys.stdout) -> None:
+def print_help(stream: Optional[TextIO] = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline",
         description="DynamicVis embeddings of Sentinel-2 RGB tiles, as an Apache Beam pipeline. "
                     "Beam's own flags (--runner, --direct_num_workers, --project, --region, ...) work too.")
     options_lib.EmbeddingOptions._add_argparse_args(parser)  # pylint: disable=protected-access
-    parser.print_help(stream)
+    parser.print_help(stream or sys.stdout)
 
 
 def parse_and_validate(argv: Sequence[str]) -> tuple:

@@ -1,0 +1,108 @@
+"""Bad input fails before any pipeline starts, with a message saying what to fix; --dry-run prints the plan."""
+from __future__ import annotations
+
+import pytest
+
+from pipeline.run import glue_negative_values, launch
+
+TIME = ["--start", "2024-06-01", "--end", "2024-07-01"]
+
+
+@pytest.fixture
+def no_pipeline(monkeypatch):
+    """Any attempt to build a pipeline fails the test: validation must stop first."""
+    import pipeline.run as cli
+
+    def forbidden(*_args, **_kwargs):
+        raise AssertionError("a pipeline was started")
+
+    monkeypatch.setattr(cli, "run", forbidden)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--bbox", "8,47.1,8.1,47.0", *TIME], "S"),                                  # south >= north
+    (["--bbox", "8,47,8,47.1", *TIME], "W"),                                      # zero width
+    (["--bbox", "8,95,9,96", *TIME], "lat"),                                      # latitude out of range
+    (["--bbox", "190,40,191,41", *TIME], "lon"),                                  # longitude out of range
+    (["--bbox", "8,47,8.1,47.1", "--start", "2024-07-01", "--end", "2024-06-01"], "--end"),
+    (["--bbox", "8,47,8.1,47.1", "--start", "2024-06-01"], "--end"),
+    (["--bbox", "8,47,8.1,47.1", *TIME, "--frobnicate", "3"], "unknown option"),
+    ([*TIME], "region is required"),
+    (["--geojson", "/nonexistent/area.geojson", *TIME], "area.geojson"),
+    (["--bbox", "8,47,8.1,47.1", *TIME, "--img-size", "50"], "img_size"),
+    (["--bbox", "8,47,8.1,47.1", *TIME, "--checkpoint", "/nonexistent.pth"], "--checkpoint"),
+    (["--bbox", "8,47,8.1,47.1", *TIME, "--checkpoint", "hf://only-repo"], "hf://OWNER/REPO/FILE"),
+    (["--bbox", "8,47,8.1,47.1", *TIME, "--bigquery-table", "not a table"], "PROJECT:DATASET.TABLE"),
+    (["--bbox", "8,47,8.1,47.1", *TIME, "--min-batch-size", "8", "--max-batch-size", "4"], "--max-batch-size"),
+])
+def test_bad_input_fails_before_the_pipeline_with_a_fix(argv, message, tmp_path, capsys, no_pipeline):
+    assert launch([*argv, "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message.lower() in err.lower(), err
+
+
+def test_empty_geojson_region_is_refused(tmp_path, capsys, no_pipeline):
+    path = tmp_path / "empty.geojson"
+    path.write_text('{"type": "FeatureCollection", "features": []}')
+    assert launch(["--geojson", str(path), *TIME, "--output", str(tmp_path / "o")]) == 2
+    assert "empty.geojson" in capsys.readouterr().err
+
+
+def test_unreadable_geojson_is_refused(tmp_path, capsys, no_pipeline):
+    path = tmp_path / "broken.geojson"
+    path.write_text("{not json")
+    assert launch(["--geojson", str(path), *TIME, "--output", str(tmp_path / "o")]) == 2
+    assert "broken.geojson" in capsys.readouterr().err
+
+
+def test_output_is_required_unless_dry_run(capsys, no_pipeline):
+    assert launch(["--bbox", "8,47,8.1,47.1", *TIME]) == 2
+    assert "--output" in capsys.readouterr().err
+
+
+def test_negative_coordinates_after_bbox_are_values_not_flags():
+    assert glue_negative_values(["--bbox", "-10,40,-5,45", "--start", "x"]) == ["--bbox=-10,40,-5,45", "--start", "x"]
+
+
+def test_beam_flags_work_alongside_ours():
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    from pipeline.run import parse_and_validate
+
+    options, spec = parse_and_validate(["--bbox", "8,47,8.1,47.1", *TIME, "--output", "/tmp/o",
+                                        "--direct_num_workers=2", "--tile_px=64", "--img-size", "64"])
+    assert options.view_as(DirectOptions).direct_num_workers == 2
+    assert spec.tile_px == 64 and spec.model.img_size == 64
+
+
+def test_model_options_fall_back_to_the_card_env_knobs(monkeypatch):
+    from pipeline.run import parse_and_validate
+
+    monkeypatch.setenv("RS_EMBED_DYNAMICVIS_IMG", "128")
+    monkeypatch.setenv("RS_EMBED_DYNAMICVIS_SAMPLING_SCALE", "0.2")
+    _, spec = parse_and_validate(["--bbox", "8,47,8.1,47.1", *TIME, "--output", "/tmp/o"])
+    assert spec.model.img_size == 128 and spec.model.sampling_scale == 0.2
+    _, spec = parse_and_validate(["--bbox", "8,47,8.1,47.1", *TIME, "--output", "/tmp/o", "--img-size", "64"])
+    assert spec.model.img_size == 64  # the flag beats the env
+
+
+def test_dry_run_prints_the_plan_without_earth_engine_or_model(capsys, monkeypatch, no_pipeline):
+    import ee
+
+    def forbidden(*_args, **_kwargs):
+        raise AssertionError("dry run touched Earth Engine")
+
+    monkeypatch.setattr(ee, "Initialize", forbidden)
+    monkeypatch.setattr("models.DynamicVisEmbedder", forbidden)
+    assert launch(["--bbox=-10,35,30,60", "--year", "2023", "--windows", "quarterly", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "x 4 window(s)" in out and "computePixels requests" in out and "GB to fetch" in out
+    assert "time at the quota" in out
+
+
+def test_help_lists_our_flags(capsys):
+    assert launch(["--help"]) == 0
+    out = capsys.readouterr().out
+    for flag in ("--bbox", "--geojson", "--points", "--buffer-m", "--windows", "--tile-px", "--checkpoint",
+                 "--skip-existing", "--bigquery-table", "--dry-run", "--gpu", "--img-size"):
+        assert flag in out

@@ -5,7 +5,7 @@ stays light.
 """
 __version__ = "0.1.0"
 
-_API = ("get_embedding", "get_embeddings_batch", "PointBuffer", "BBox", "TemporalSpec", "OutputSpec",
+_API = ("get_embedding", "get_embeddings_batch", "PointBuffer", "BBox", "TemporalSpec", "OutputSpec", "SensorSpec",
         "Embedding")
 
 __all__ = ["__version__", *_API]

@@ -1,0 +1,210 @@
+"""DynamicVis backbone throughput: the official CPU path's cost (baseline) against every fast path.
+
+One process, one model (recipe weights), the same input tiles for every path. The baseline is the
+``reference`` scan (one recurrence step per token, like transformers' MambaMixer slow forward) in
+float32 at batch 1, which is what the official backbone costs (golden README: 3.15 s per 512 px tile
+on 2 cores). Each fast path is compared on the same tiles with the float32 baseline's pooled vectors
+(mean of the last stage over its grid, the adapter's formula).
+
+    python -m benchmarks.bench_backbone                  # arch b, 512 px, CPU, 2 threads (< 3 min)
+    python -m benchmarks.bench_backbone --arch l
+    python -m benchmarks.bench_backbone --device cuda    # + tiles/s at batch 1, 8, 32, 64, bf16 and fp32
+
+Columns: tiles/s (best of the timed repetitions), speed-up over the baseline's tiles/s, max relative
+error of the pooled vectors (max |p - p_ref| / max |p_ref| over tiles), their smallest cosine similarity,
+and peak memory (CPU: process peak RSS during that path, reset per path via /proc/self/clear_refs;
+CUDA: torch.cuda.max_memory_allocated).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from models.backbone import DynamicVisBackbone  # noqa: E402
+from models.recipe import recipe_state_dict  # noqa: E402
+from models.scan import available_scans  # noqa: E402
+
+
+@dataclass
+class FastPath:
+    scan: str
+    precision: str                      # 'fp32' or 'bf16' (autocast)
+    batch: int
+    compile: bool = False
+    options: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        extra = "".join(f" {k}={v}" for k, v in self.options.items())
+        return f"{self.scan:<9} {self.precision:<4} b={self.batch:<3}{' compiled' if self.compile else ''}{extra}"
+
+
+@dataclass
+class Result:
+    label: str
+    tiles_per_s: float
+    rel_err: float | None
+    min_cos: float | None
+    peak_mib: float
+
+
+def build_model(arch: str, img_size: int, device: torch.device) -> DynamicVisBackbone:
+    model = DynamicVisBackbone(arch=arch, img_size=img_size, path_type="forward_reverse_mean",
+                               sampling_scale=dict(type="fixed", val=0.1), out_indices=(3,), scan="reference")
+    model.load_state_dict(recipe_state_dict(arch, img_size))
+    return model.eval().to(device)
+
+
+def make_tiles(n: int, img_size: int) -> torch.Tensor:
+    """Deterministic standard-normal tiles (tile 0 is the b/img512 golden's input)."""
+    tiles = [np.random.default_rng(2026 + i).standard_normal((1, 3, img_size, img_size)).astype(np.float32)
+             for i in range(n)]
+    return torch.from_numpy(np.concatenate(tiles))
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    with contextlib.suppress(OSError):
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    with contextlib.suppress(OSError):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def pooled(model: torch.nn.Module, x: torch.Tensor, precision: str, device: torch.device) -> torch.Tensor:
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
+                else contextlib.nullcontext())
+    with torch.inference_mode(), autocast:
+        last = model(x)[-1]
+    return last.float().mean(dim=(2, 3))
+
+
+def time_path(forward, tiles: torch.Tensor, batch: int, reps: int, device: torch.device,
+              warmup: int = 1) -> tuple[float, torch.Tensor]:
+    """Best tiles/s over ``reps`` passes over all tiles in batches of ``batch``; pooled vectors of the last pass."""
+    batches = [tiles[i:i + batch].to(device) for i in range(0, len(tiles), batch)]
+    for _ in range(warmup):
+        forward(batches[0])
+    best = float("inf")
+    outs: list[torch.Tensor] = []
+    for _ in range(reps):
+        sync(device)
+        start = time.perf_counter()
+        outs = [forward(b) for b in batches]
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return len(tiles) / best, torch.cat(outs).cpu()
+
+
+def compare(p: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
+    rel = max(((a - b).abs().max() / b.abs().max()).item() for a, b in zip(p, ref))
+    cos = F.cosine_similarity(p.double(), ref.double(), dim=-1).min().item()
+    return rel, cos
+
+
+def default_paths(device: torch.device, args) -> list[FastPath]:
+    scans = [s for s in available_scans(device) if s != "reference"]
+    if args.scans:
+        scans = [s for s in args.scans.split(",") if s in scans]
+    if device.type == "cuda":
+        return [FastPath(s, p, b) for s in scans for p in ("fp32", "bf16") for b in (1, 8, 32, 64)]
+    return [FastPath(s, p, b) for s in scans for p in ("fp32", "bf16") for b in args.batches]
+
+
+def print_table(rows: list[Result], baseline_tps: float, header: str) -> None:
+    print(f"\n{header}")
+    print(f"{'path':<34} {'tiles/s':>8} {'speed-up':>9} {'max rel err':>12} {'min cos':>10} {'peak MiB':>9}")
+    for r in rows:
+        rel = f"{r.rel_err:.2e}" if r.rel_err is not None else "-"
+        cos = f"{r.min_cos:.6f}" if r.min_cos is not None else "-"
+        print(f"{r.label:<34} {r.tiles_per_s:8.3f} {r.tiles_per_s / baseline_tps:8.1f}x {rel:>12} {cos:>10} "
+              f"{r.peak_mib:9.0f}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default="b", choices=["b", "l"])
+    parser.add_argument("--img-size", type=int, default=512)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tiles", type=int, default=2, help="tiles compared (baseline runs each at batch 1)")
+    parser.add_argument("--baseline-reps", type=int, default=1)
+    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--batches", type=lambda s: [int(v) for v in s.split(",")], default=[1, 2],
+                        help="CPU batch sizes for the fast paths")
+    parser.add_argument("--scans", default="", help="comma-separated fast scans (default: all available)")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile'd fast paths")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, arch {args.arch}, "
+          f"img {args.img_size}, load average at start {load:.2f}", flush=True)
+
+    model = build_model(args.arch, args.img_size, device)
+    n_tiles = max(args.tiles, max(args.batches) if device.type == "cpu" else 1)
+    tiles = make_tiles(n_tiles, args.img_size)
+
+    # Baseline: reference scan, float32, batch 1 (the official path's cost).
+    model.set_scan("reference")
+    reset_peak_memory(device)
+    base_tps, base_pooled = time_path(lambda x: pooled(model, x, "fp32", device), tiles, 1,
+                                      args.baseline_reps, device)
+    rows = [Result("reference fp32 b=1 (baseline)", base_tps, None, None, peak_memory_mib(device))]
+    print_table(rows, base_tps, "baseline")
+
+    if device.type == "cuda":
+        tiles_for = {b: make_tiles(b, args.img_size) for b in (1, 8, 32, 64)}
+    for path in default_paths(device, args):
+        model.set_scan(path.scan, **path.options) if path.options else model.set_scan(path.scan)
+        module = torch.compile(model) if path.compile else model
+        reset_peak_memory(device)
+        if device.type == "cuda" and path.batch > len(tiles):
+            bench_tiles = tiles_for[path.batch]
+            tps, _ = time_path(lambda x: pooled(module, x, path.precision, device), bench_tiles, path.batch,
+                               args.reps, device)
+            rows.append(Result(path.label, tps, None, None, peak_memory_mib(device)))
+        else:
+            tps, out = time_path(lambda x: pooled(module, x, path.precision, device), tiles, path.batch,
+                                 args.reps, device)
+            rel, cos = compare(out, base_pooled)
+            rows.append(Result(path.label, tps, rel, cos, peak_memory_mib(device)))
+        print_table(rows[-1:], base_tps, "")
+    print_table(rows, base_tps, f"summary (arch {args.arch}, {args.img_size} px, {device}, "
+                                f"{torch.get_num_threads()} threads, load at start {load:.2f}, "
+                                f"at end {os.getloadavg()[0]:.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

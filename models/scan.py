@@ -196,9 +196,20 @@ def auto_scan_name(device: "torch.device | str | None" = None) -> str:
     return "reference"
 
 
+def selective_scan_auto(u, delta, A, Bm, C, D, z):
+    """Picks the fastest available backend for the tensors' device at every call."""
+    return resolve_scan(auto_scan_name(u.device), u.device)(u, delta, A, Bm, C, D, z)
+
+
 def resolve_scan(name: str = "reference", device: "torch.device | str | None" = None) -> ScanFn:
-    """Return the scan function for a backend name (``'auto'`` picks the fastest correct one for the device)."""
+    """Return the scan function for a backend name.
+
+    ``'auto'`` picks the fastest correct one for ``device`` (cuda kernel, else the fused C kernel on CPU,
+    else ``chunked``); without a device it returns a dispatcher that decides per call from the tensors.
+    """
     if name == "auto":
+        if device is None:
+            return selective_scan_auto
         name = auto_scan_name(device)
     if name in SCANS:
         return SCANS[name]

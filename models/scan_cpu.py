@@ -113,6 +113,51 @@ static void scan_rows_any(const float *u, const float *delta, const float *A, co
     }
 }
 
+/* Channels-last layout: u, delta, z, y are (B, L, E) contiguous (the Mamba mixer's natural layout),
+   A: (E, N), Bm, C: (B, L, N), D: (E). Work items are (batch, block of 16 channels); the 16 channels are
+   the vector lanes, so the N state recurrences are independent FMA chains and no horizontal sums are
+   needed. Fuses the D skip term and the SiLU gate: y = (<h_t, C_t> + D u_t) * z_t * sigmoid(z_t). */
+int selective_scan_cl_f32(const float *u, const float *delta, const float *z, const float *A,
+                          const float *Bm, const float *C, const float *D, float *y,
+                          int64_t E, int64_t L, int64_t N, int64_t item_begin, int64_t item_end) {
+    if (N > 64) return 1;
+    const int64_t nblk = (E + 15) / 16;
+    float a[64][16], h[64][16];
+    for (int64_t item = item_begin; item < item_end; ++item) {
+        const int64_t b = item / nblk, e0 = (item % nblk) * 16;
+        const int W = (E - e0) < 16 ? (int)(E - e0) : 16;
+        float dskip[16];
+        for (int64_t n = 0; n < N; ++n)
+            for (int i = 0; i < 16; ++i) { a[n][i] = i < W ? A[(e0 + i) * N + n] : 0.0f; h[n][i] = 0.0f; }
+        for (int i = 0; i < 16; ++i) dskip[i] = i < W ? D[e0 + i] : 0.0f;
+        for (int64_t t = 0; t < L; ++t) {
+            const int64_t off = (b * L + t) * E + e0;
+            const float *Bt = Bm + (b * L + t) * N, *Ct = C + (b * L + t) * N;
+            float dv[16], uv[16], xv[16], acc[16];
+            if (W == 16) {
+                for (int i = 0; i < 16; ++i) { dv[i] = delta[off + i]; uv[i] = u[off + i]; }
+            } else {
+                for (int i = 0; i < 16; ++i) { dv[i] = i < W ? delta[off + i] : 0.0f; uv[i] = i < W ? u[off + i] : 0.0f; }
+            }
+            _Pragma("omp simd")
+            for (int i = 0; i < 16; ++i) { xv[i] = dv[i] * uv[i]; acc[i] = 0.0f; }
+            for (int64_t n = 0; n < N; ++n) {
+                const float bn = Bt[n], cn = Ct[n];
+                _Pragma("omp simd")
+                for (int i = 0; i < 16; ++i) {
+                    h[n][i] = expf(dv[i] * a[n][i]) * h[n][i] + xv[i] * bn;
+                    acc[i] += h[n][i] * cn;
+                }
+            }
+            for (int i = 0; i < W; ++i) {
+                const float zi = z[off + i];
+                y[off + i] = (acc[i] + dskip[i] * uv[i]) * (zi / (1.0f + expf(-zi)));
+            }
+        }
+    }
+    return 0;
+}
+
 int selective_scan_rows_f32(const float *u, const float *delta, const float *A, const float *Bm,
                             const float *C, float *y, int64_t E, int64_t L, int64_t N,
                             int64_t row_begin, int64_t row_end) {
@@ -169,6 +214,9 @@ def _load_library() -> ctypes.CDLL | None:
     fn = lib.selective_scan_rows_f32
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 5
+    fn = lib.selective_scan_cl_f32
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_int64] * 5
     return lib
 
 
@@ -185,30 +233,43 @@ def load_cpu_fused_scan() -> Callable | None:
     lib = _load_library()
     if lib is None:
         return None
-    kernel = lib.selective_scan_rows_f32
+    row_kernel, cl_kernel = lib.selective_scan_rows_f32, lib.selective_scan_cl_f32
+
+    def run_split(kernel, ptrs: list[int], sizes: list[int], items: int) -> None:
+        """Call ``kernel(*ptrs, *sizes, begin, end)`` over ``items`` work items split across threads."""
+        workers = max(1, min(torch.get_num_threads(), items))
+        bounds = [items * i // workers for i in range(workers + 1)]
+        if workers == 1:
+            status = [kernel(*ptrs, *sizes, 0, items)]
+        else:
+            pool = _thread_pool(workers)
+            status = [job.result() for job in [pool.submit(kernel, *ptrs, *sizes, lo, hi)
+                                               for lo, hi in zip(bounds[:-1], bounds[1:])]]
+        if any(status):
+            raise ValueError("cpu_fused scan: unsupported state size")
 
     def selective_scan_cpu_fused(u, delta, A, Bm, C, D, z):
         if u.device.type != "cpu":
             raise ValueError("cpu_fused scan needs CPU tensors")
         dtype = u.dtype
-        u32, d32, A32, B32, C32 = (t.detach().float().contiguous() for t in (u, delta, A, Bm, C))
-        batch, channels, length = u32.shape
-        n_state = A32.shape[1]
+        batch, channels, length = u.shape
+        n_state = A.shape[1]
+        A32, B32, C32, D32 = (t.detach().float().contiguous() for t in (A, Bm, C, D))
+        u, delta, z = (t.detach().float() for t in (u, delta, z))       # .float() keeps the layout
+        if all(t.stride(1) == 1 for t in (u, delta, z)) and n_state <= 64:
+            # (B, E, L) views of (B, L, E) storage: scan in place of the layout, gate fused, no copies.
+            u_cl, d_cl, z_cl = (t.transpose(1, 2).contiguous() for t in (u, delta, z))   # no-ops if CL
+            y = torch.empty_like(u_cl)
+            ptrs = [t.data_ptr() for t in (u_cl, d_cl, z_cl, A32, B32, C32, D32, y)]
+            run_split(cl_kernel, ptrs, [channels, length, n_state], batch * (-(-channels // 16)))
+            return y.transpose(1, 2).to(dtype)
         if n_state > 256:
             raise ValueError("cpu_fused scan supports state sizes up to 256")
+        u32, d32 = (t.detach().float().contiguous() for t in (u, delta))
         y = torch.empty_like(u32)
-        rows = batch * channels
         ptrs = [t.data_ptr() for t in (u32, d32, A32, B32, C32, y)]
-        workers = max(1, min(torch.get_num_threads(), rows))
-        bounds = [rows * i // workers for i in range(workers + 1)]
-        if workers == 1:
-            kernel(*ptrs, channels, length, n_state, 0, rows)
-        else:
-            jobs = [_thread_pool(workers).submit(kernel, *ptrs, channels, length, n_state, lo, hi)
-                    for lo, hi in zip(bounds[:-1], bounds[1:])]
-            for job in jobs:
-                job.result()
-        y = y + u32 * D.float()[None, :, None]
+        run_split(row_kernel, ptrs, [channels, length, n_state], batch * channels)
+        y = y + u32 * D32[None, :, None]
         return (y * F.silu(z.float())).to(dtype)
 
     return selective_scan_cpu_fused

@@ -280,32 +280,38 @@ def test_missing_output(launch_refused, argv):
 # ------------------------------------------------------------------------------------------ input_chw
 
 @pytest.fixture(scope="module")
-def embedder(recipe_checkpoint_b64, tmp_path_factory):
+def model_config(recipe_checkpoint_b64, tmp_path_factory):
     import models
 
-    config = models.ModelConfig(checkpoint=str(recipe_checkpoint_b64), img_size=64, device="cpu",
-                                scan="reference", cache_dir=str(tmp_path_factory.mktemp("cache")))
-    return models.DynamicVisEmbedder(config)
+    return models.ModelConfig(checkpoint=str(recipe_checkpoint_b64), img_size=64, device="cpu", scan="reference",
+                              cache_dir=str(tmp_path_factory.mktemp("cache")))
 
 
-def _tile(value=1000, shape=(3, 32, 32)):
-    rng = np.random.default_rng(0)
-    return rng.integers(0, 3000, size=shape).astype(np.float32) + value
+def _embed(model_config, chw):
+    """The card's Python API with a caller's array: `pipeline.get_embedding(..., input_chw=...)`."""
+    import pipeline
+
+    return pipeline.get_embedding("dynamicvis", input_chw=chw, model_config=model_config,
+                                  temporal=pipeline.TemporalSpec.range("2024-06-01", "2024-07-01")).data
 
 
-@pytest.mark.parametrize("case, batch, error, expected", [
-    ("wrong rank (one tile without batch axis)", _tile(), ValueError, ["shape (B, 3, H, W)", "(3, 32, 32)"]),
-    ("wrong rank (5-D)", _tile()[None, None], ValueError, ["shape (B, 3, H, W)"]),
-    ("wrong band count", _tile(shape=(1, 4, 32, 32)), ValueError, ["expected 3 bands (B4, B3, B2)", "got 4"]),
-    ("channels last", _tile(shape=(1, 32, 32, 3)), ValueError, ["expected 3 bands", "channels-first"]),
-    ("empty image", np.zeros((1, 3, 0, 32), np.float32), ValueError, ["empty image"]),
-    ("not numbers", np.full((1, 3, 8, 8), "x"), TypeError, ["numeric array of raw reflectance"]),
+def _tile(shape=(3, 32, 32)):
+    return np.random.default_rng(0).integers(0, 3000, size=shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("case, chw, error, expected", [
+    ("2-D (no band axis)", _tile((32, 32)), ValueError, ["(3, H, W)", "got shape (32, 32)"]),
+    ("4-D (a batch given as one tile)", _tile((1, 3, 32, 32)), ValueError, ["(3, H, W)", "got shape (1, 3, 32, 32)"]),
+    ("wrong band count", _tile((4, 32, 32)), ValueError, ["expected 3 bands (B4, B3, B2)", "got 4", "(4, 32, 32)"]),
+    ("channels last", _tile((32, 32, 3)), ValueError, ["expected 3 bands", "channels-first", "(32, 32, 3)"]),
+    ("empty image", np.zeros((3, 0, 32), np.float32), ValueError, ["empty image", "(3, 0, 32)"]),
+    ("not numbers", np.full((3, 8, 8), "x"), TypeError, ["numeric array of raw reflectance"]),
 ])
-def test_bad_input_chw_is_refused_with_the_shape(case, batch, error, expected, embedder):
+def test_bad_input_chw_is_refused_naming_the_shape_given(case, chw, error, expected, model_config):
     with pytest.raises(error) as raised:
-        embedder.embed(batch)
+        _embed(model_config, chw)
     for fragment in expected:
-        assert fragment in str(raised.value), (case, raised.value)
+        assert fragment in str(raised.value), (case, str(raised.value))
 
 
 @pytest.mark.parametrize("case, poison, replacement", [
@@ -314,14 +320,13 @@ def test_bad_input_chw_is_refused_with_the_shape(case, batch, error, expected, e
     ("+inf", np.inf, 10000.0),
     ("-inf", -np.inf, 0.0),
 ])
-def test_non_finite_and_negative_input_chw_follow_the_card(case, poison, replacement, embedder):
+def test_non_finite_and_negative_input_chw_follow_the_card(case, poison, replacement, model_config):
     """The card's preprocessing (rs-embed parity, golden-tested) maps NaN to 0 and clips to 0..10000: such
     pixels give exactly the embedding of the cleaned array, never NaN vectors."""
-    clean = _tile(shape=(1, 3, 32, 32))
-    poisoned = clean.copy()
-    poisoned[0, :, :4, :4] = poison
-    cleaned = clean.copy()
-    cleaned[0, :, :4, :4] = replacement
-    got = embedder.embed(poisoned)["pooled"]
-    assert np.isfinite(got).all(), case
-    np.testing.assert_array_equal(got, embedder.embed(cleaned)["pooled"])
+    clean = _tile()
+    poisoned, cleaned = clean.copy(), clean.copy()
+    poisoned[:, :4, :4] = poison
+    cleaned[:, :4, :4] = replacement
+    got = _embed(model_config, poisoned)
+    assert got.shape == (768,) and np.isfinite(got).all(), case
+    np.testing.assert_array_equal(got, _embed(model_config, cleaned))

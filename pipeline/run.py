@@ -56,10 +56,29 @@ def parse_and_validate(argv: Sequence[str]) -> tuple:
     return options, resolve(options)
 
 
+def check_output_writable(output: str) -> None:
+    """A local `--output` must be a directory we can create files in (gs:// is checked by the write itself)."""
+    import os
+    import tempfile
+
+    if "://" in output:
+        return
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise InputError(f"--output {output} is not a directory (it is a file); choose a directory path")
+    try:
+        os.makedirs(output, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        raise InputError(f"--output {output} is not writable ({error.strerror or error}); choose a directory "
+                         f"you can write to") from None
+
+
 def check_output(spec: RunSpec) -> List[str]:
     """Existing embedding shards of `--output`; refuse a non-empty output without --skip-existing."""
     from transforms.write import existing_shards
 
+    check_output_writable(spec.output)
     shards = existing_shards(spec.output)
     if shards and not spec.skip_existing:
         raise InputError(f"--output {spec.output} already holds {len(shards)} embedding shard(s); pass "
@@ -99,14 +118,50 @@ def check_credentials(spec: RunSpec) -> None:
         raise InputError(f"--ee-credentials {kind!r} is neither 'adc', 'anonymous' nor a readable key file")
 
 
+def check_runner(options: PipelineOptions) -> None:
+    """`--runner` must name a Beam runner (Beam itself would fail only when the pipeline is created)."""
+    from apache_beam.runners.runner import create_runner
+
+    name = options.view_as(StandardOptions).runner
+    if name:
+        try:
+            create_runner(name)
+        except (ValueError, ImportError) as error:
+            raise InputError(f"--runner {name!r} is not a Beam runner: {error}") from None
+
+
+def check_model(spec: RunSpec) -> None:
+    """The scan backend name and a local checkpoint (readable, no pickled code run, keys/shapes of the arch)
+    are checked on the launcher, so a bad one fails here instead of in every worker. hf:// and gs://
+    checkpoints are fetched by the workers only. The converted weights land in the cache the workers use."""
+    from models.checkpoint import CheckpointError, load_backbone_weights
+    from models.scan import resolve_scan
+
+    model = spec.model
+    if model.scan != "auto":
+        try:
+            resolve_scan(model.scan, "cpu")
+        except ValueError as error:
+            raise InputError(f"--scan: {error}") from None
+        except RuntimeError:
+            pass  # a known backend that this launcher cannot run (e.g. cuda): the workers decide
+    if "://" not in model.checkpoint:
+        try:
+            load_backbone_weights(model.checkpoint, model.arch, model.resolved_cache_dir)
+        except CheckpointError as error:
+            raise InputError(f"--checkpoint: {error}") from None
+
+
 def run(options: PipelineOptions, spec: RunSpec, wait: bool = True):
     """Build and run the pipeline; returns the PipelineResult."""
     from apache_beam.options.pipeline_options import TestOptions
 
     from pipeline import graph
 
+    check_runner(options)
     if not options.view_as(TestOptions).dry_run:  # Beam's --dry_run=True: translate only
         check_credentials(spec)
+    check_model(spec)
     shards = check_output(spec)
     if shards:
         LOGGER.info("skip-existing: reading tile keys from %d existing shard(s)", len(shards))

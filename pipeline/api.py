@@ -202,7 +202,9 @@ def get_embedding(model: str = MODEL_ID, *, spatial: Optional[Spatial] = None, t
     if input_chw is not None:
         sensor = sensor or SensorSpec()
         config = _model_config(model_config, device)
-        (result,) = _embed_many([np.asarray(input_chw)], output, config)
+        from models.preprocess import check_raw_chw  # the message names the caller's (3, H, W) array
+
+        (result,) = _embed_many([check_raw_chw(input_chw)], output, config)
         tile = tile_for(spatial, sensor.scale_m) if spatial is not None else None
         return _package(result, output, _meta(config, output, temporal, sensor, tile, {"input": "input_chw"}))
     if spatial is None:

@@ -48,8 +48,9 @@ def initialize(settings: EESettings) -> None:
         import ee
 
         credentials, project = _credentials(settings)
-        _LOG.info("initialising Earth Engine: endpoint=%s project=%s credentials=%s",
-                  settings.endpoint, project, settings.credentials)
+        kind = settings.credentials if settings.credentials in ("adc", "anonymous") else "service-account-file"
+        _LOG.info("initialising Earth Engine: endpoint=%s project=%s credentials=%s",  # never the key's path
+                  settings.endpoint, project, kind)
         ee.Initialize(credentials=credentials, project=project, url=settings.endpoint)
         ee.data.setMaxRetries(0)
         ee.data.setDeadline(int(settings.deadline_s * 1000))

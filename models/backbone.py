@@ -118,15 +118,34 @@ class MambaMixer(nn.Module):
         self.out_proj = nn.Linear(inner, dims, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        length = x.shape[1]
-        u, z = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)               # (B, E, L) each
-        u = F.silu(self.conv1d(u)[..., :length])                             # causal depthwise conv
-        dt, Bm, C = torch.split(self.x_proj(u.transpose(1, 2)),
-                                [self.dt_rank, self.state_size, self.state_size], dim=-1)
-        delta = F.softplus(self.dt_proj(dt)).transpose(1, 2)                 # (B, E, L)
+        return self.out_proj(self.mix(self.in_proj(x)))
+
+    def mix(self, xz: Tensor) -> Tensor:
+        """in_proj output (B, L, 2E) -> gated scan output (B, L, E).
+
+        Channels-last throughout: the scan gets (B, E, L) *views* of (B, L, E) tensors (the fused CPU
+        kernel scans them in place; other backends accept any strides), so no transposed copies are made.
+        The conv, SiLU and softplus run in float32 even under bf16 autocast (the scan is float32 anyway).
+        """
+        u, z = xz.float().chunk(2, dim=-1)
+        u = F.silu(self._causal_conv(u))
+        dt, Bm, C = torch.split(self.x_proj(u), [self.dt_rank, self.state_size, self.state_size], dim=-1)
+        delta = F.softplus(self.dt_proj(dt).float())
         A = -torch.exp(self.A_log.float())
-        y = self.scan_fn(u, delta, A, Bm, C, self.D, z)
-        return self.out_proj(y.transpose(1, 2))
+        y = self.scan_fn(u.transpose(1, 2), delta.transpose(1, 2), A, Bm.float(), C.float(), self.D,
+                         z.transpose(1, 2))
+        return y.transpose(1, 2)
+
+    def _causal_conv(self, u: Tensor) -> Tensor:
+        """Depthwise causal conv along L on (B, L, E), as K shifted multiply-adds (nn.Conv1d semantics:
+        out_t = bias + sum_k w_k * u_{t+k-K+1}); cheaper than a grouped conv on CPU and layout-preserving."""
+        weight = self.conv1d.weight[:, 0, :].float()                        # (E, K)
+        kernel, length = weight.shape[1], u.shape[1]
+        padded = F.pad(u, (0, 0, kernel - 1, 0))
+        out = torch.addcmul(self.conv1d.bias.float(), padded[:, :length], weight[:, 0])
+        for k in range(1, kernel):
+            out = torch.addcmul(out, padded[:, k:k + length], weight[:, k])
+        return out
 
 
 class MambaBlock(nn.Module):
@@ -141,10 +160,16 @@ class MambaBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.path_type == "forward":
             return x + self.mamba_layer(self.pre_norm(x))
+        # Both directions share the mixer and in_proj/RMSNorm act per token, so the reversed sequence's
+        # projection is the flip of the forward one; out_proj is linear without bias, so the mean of the
+        # two outputs is out_proj of the mean. Same result as running the 2B batch end to end (up to
+        # float rounding), with half the projection FLOPs.
         batch = x.shape[0]
-        both = self.mamba_layer(self.pre_norm(torch.cat([x, torch.flip(x, [1])], dim=0)))
-        forward_out, reverse_out = torch.split(both, batch, dim=0)
-        return x + (forward_out + torch.flip(reverse_out, [1])) / 2
+        mixer = self.mamba_layer
+        xz = mixer.in_proj(self.pre_norm(x))
+        both = mixer.mix(torch.cat([xz, torch.flip(xz, [1])], dim=0))
+        forward_y, reverse_y = torch.split(both, batch, dim=0)
+        return x + mixer.out_proj((forward_y + torch.flip(reverse_y, [1])) / 2)
 
 
 class SpatialSparseMixer(nn.Module):
@@ -173,9 +198,14 @@ class SpatialSparseMixer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         batch, tokens, _ = x.shape
         rows = torch.arange(batch, device=x.device)[:, None]
-        global_tokens = F.adaptive_avg_pool1d(x.permute(0, 2, 1).contiguous(),
-                                              self.num_global_tokens).permute(0, 2, 1)
-        logits = self.spatial_gate(x).squeeze(-1)                             # (B, N)
+        if tokens % self.num_global_tokens == 0:   # adaptive average pooling over equal row segments
+            global_tokens = x.reshape(batch, self.num_global_tokens, -1, x.shape[-1]).mean(2)
+        else:
+            global_tokens = F.adaptive_avg_pool1d(x.permute(0, 2, 1).contiguous(),
+                                                  self.num_global_tokens).permute(0, 2, 1)
+        # Routing in float32 even under autocast: bf16 logits would change which tokens are kept.
+        with torch.autocast(x.device.type, enabled=False):
+            logits = F.linear(x.float(), self.spatial_gate.weight.float()).squeeze(-1)   # (B, N)
         weights = F.softmax(logits, dim=1)
         # torch.topk (sorted, largest) fixes both which tokens are kept and the scan order; its choice
         # among exactly tied (underflowed) weights is part of the official numerics.

@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime as dt
 import importlib.metadata
 import platform
-import sys
 from typing import Any, Dict, Mapping, Optional
 
 # Beam options worth recording (everything else, e.g. service account settings, stays out).
@@ -63,7 +62,6 @@ def base_manifest(run_id: str, created_at: dt.datetime, configuration: Mapping[s
         "run_id": run_id,
         "created_at": created_at.isoformat(),
         "command": "python -m pipeline",
-        "argv_count": len(sys.argv),
         "configuration": dict(configuration),
         "versions": versions(),
         "counts": {f"planned_{name}": value for name, value in planned.items()},

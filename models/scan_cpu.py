@@ -167,7 +167,12 @@ int selective_scan_rows_f32(const float *u, const float *delta, const float *A, 
 }
 """
 
-_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-fPIC", "-shared"]
+# -ffast-math only when compiling (glibc then declares the AVX-512 vector expf used by `omp simd`); the
+# link step must not see it, or gcc links crtfastmath.o, whose constructor sets FTZ/DAZ for the whole
+# process when the library loads -- flushing float32 denormals, which the routing weights can be.
+_COMPILE_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-fPIC", "-c"]
+_LINK_FLAGS = ["-shared"]
+_FLAGS = _COMPILE_FLAGS + _LINK_FLAGS
 _lock = threading.Lock()
 _pool: concurrent.futures.ThreadPoolExecutor | None = None
 
@@ -196,8 +201,10 @@ def _build(compiler: str) -> Path:
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         src = Path(tmp) / "scan_cpu.c"
         src.write_text(_C_SOURCE)
-        out = Path(tmp) / "scan_cpu.so"
-        subprocess.run([compiler, *_FLAGS, str(src), "-o", str(out), "-lm"], check=True,
+        obj, out = Path(tmp) / "scan_cpu.o", Path(tmp) / "scan_cpu.so"
+        subprocess.run([compiler, *_COMPILE_FLAGS, str(src), "-o", str(obj)], check=True,
+                       capture_output=True, timeout=120)
+        subprocess.run([compiler, *_LINK_FLAGS, str(obj), "-o", str(out), "-lmvec", "-lm"], check=True,
                        capture_output=True, timeout=120)
         os.replace(out, target)   # atomic: concurrent builders never see a half-written library
     return target
@@ -208,7 +215,10 @@ def _load_library() -> ctypes.CDLL | None:
     if not compiler or platform.system() == "Windows":
         return None
     try:
+        before = _denormals_flushed()
         lib = ctypes.CDLL(str(_build(compiler)))
+        if _denormals_flushed() and not before:   # never change the process's float environment
+            raise OSError("loading the scan library turned on flush-to-zero")
     except (OSError, subprocess.SubprocessError):
         return None
     fn = lib.selective_scan_rows_f32
@@ -218,6 +228,11 @@ def _load_library() -> ctypes.CDLL | None:
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_int64] * 5
     return lib
+
+
+def _denormals_flushed() -> bool:
+    tiny = torch.tensor([1e-40], dtype=torch.float32)
+    return bool((tiny * 1.0 == 0).item())
 
 
 def _thread_pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:

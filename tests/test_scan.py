@@ -139,3 +139,9 @@ def test_cuda_backends(name):
     expected = selective_scan_reference(*x)
     got = resolve_scan(name, "cuda")(*(t.cuda() for t in x)).cpu()
     assert rel_err(got, expected) <= 1e-5
+
+
+def test_loading_backends_keeps_denormals():
+    """A fast-math shared library must not switch the process to flush-to-zero (routing weights are denormal)."""
+    available_scans("cpu")
+    assert (torch.tensor([1e-40], dtype=torch.float32) * 1.0).item() != 0.0

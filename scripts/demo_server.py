@@ -1,7 +1,8 @@
-"""Offline quickstart helper (source checkout only): serve the fake Earth Engine server and write a
-recipe-weight checkpoint in the official format, then print the `python -m pipeline` command to run.
+"""Offline quickstart helper (source checkout only; `run_local.sh` drives it): serve the fake Earth Engine
+server and write a recipe-weight checkpoint in the official format, then print the `python -m pipeline`
+command to run against them.
 
-    python -m pipeline.demo --port 8765 --checkpoint demo/dynamicvis_b_recipe.pth
+    python scripts/demo_server.py --port 8765 --checkpoint demo/dynamicvis_b_recipe.pth
     # in another shell: the printed command
 
 Recipe weights are deterministic stand-ins for the real DynamicVis weights (the loader treats them exactly
@@ -11,11 +12,15 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import sys
 import time
+
+# Run as a script from the checkout: make the project's packages (and tests.fakes) importable.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="scripts/demo_server.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=8765, help="port of the fake Earth Engine server")
     parser.add_argument("--checkpoint", default="demo/dynamicvis_b_recipe.pth", help="where to write the checkpoint")
     parser.add_argument("--arch", default="b", choices=["b", "l"])

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.scan import resolve_scan
+from models.scan import auto_scan_name, resolve_scan
 
 
 @dataclass(frozen=True)
@@ -285,7 +285,7 @@ class DynamicVisBackbone(nn.Module):
         for module in self.modules():
             if isinstance(module, MambaMixer):
                 module.scan_fn = scan_fn
-        self.scan = scan
+        self.scan = auto_scan_name(device) if scan == "auto" and device is not None else scan
 
     def _resize_pos_embed_hook(self, state_dict, prefix, *args, **kwargs) -> None:
         key = prefix + "pos_embed"

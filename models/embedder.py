@@ -1,6 +1,7 @@
 """Building the backbone from a ModelConfig, and the embedder API the pipeline uses."""
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -36,8 +37,16 @@ def load_backbone(config: ModelConfig) -> tuple[torch.nn.Module, CheckpointInfo]
                                    scan="reference")
         model.set_scan(config.scan, device)
     model.load_state_dict(state, strict=True)
-    dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32
-    return model.to(device=device, dtype=dtype).eval(), info
+    # Weights stay float32 for both precisions: bf16 runs under autocast (see ``autocast_context``), so
+    # routing, norms and the scan keep float32 while the matmuls and convs use bf16.
+    return model.to(device=device).eval(), info
+
+
+def autocast_context(precision: str, device: torch.device):
+    """bf16 autocast for precision 'bf16' (matmuls/convs in bf16), a no-op for 'fp32'."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 class DynamicVisEmbedder:
@@ -63,7 +72,7 @@ class DynamicVisEmbedder:
             "sampling_scale": config.sampling_scale, "mamba2": config.mamba2, "img": config.img_size,
             "hf_repo": info.repo, "ckpt_file": info.file, "ckpt_sha256": info.sha256, "checkpoint": info.source,
             "feature_kind": POOLINGS["mean"], "grid_kind": "last_stage_featmap",
-            "scan": config.scan, "precision": config.precision,
+            "scan": getattr(self.model, "scan", config.scan), "precision": config.precision,
             "implementation": "upstream" if config.use_upstream_code else "native",
         }
 
@@ -92,7 +101,8 @@ class DynamicVisEmbedder:
         if tensor.ndim != 4:
             raise ValueError(f"expected a batch (B, 3, {self.config.img_size}, {self.config.img_size}), "
                              f"got shape {tuple(tensor.shape)}")
-        featmap = self.model(tensor.to(device=self.device, dtype=self.dtype))[-1].float()
+        with autocast_context(self.config.precision, self.device):
+            featmap = self.model(tensor.to(device=self.device, dtype=self.dtype))[-1].float()
         pooled = featmap.mean(dim=(2, 3)) if pooling == "mean" else featmap.amax(dim=(2, 3))
         return {"feature_kind": POOLINGS[pooling], "pooled": pooled.cpu().numpy().astype(np.float32),
                 "grid": featmap.cpu().numpy().astype(np.float32) if grid else None}

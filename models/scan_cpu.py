@@ -4,16 +4,16 @@ Why: on CPU every pure-PyTorch formulation of the scan materialises (B, E, L, N)
 times (54 MB per DynamicVis block and tile), so it is bound by memory traffic. One fused loop per
 (batch, channel) keeps the 16-float state in a vector register and reads only the (B, E, L) and
 (B, L, N) inputs once. No torch headers or pybind11: the kernel takes raw float pointers, so it compiles
-in well under a second with the system C compiler. Threads: the (batch, channel) rows are split over a
-Python thread pool of ``torch.get_num_threads()`` workers (ctypes releases the GIL), which avoids mixing
-a second OpenMP runtime with torch's.
+in well under a second with the system C compiler. Threads: OpenMP inside the library, with
+``torch.get_num_threads()`` threads; libgomp.so.1 resolves to the copy torch already loaded, so the scan
+reuses torch's thread team (a separate Python thread pool fought torch's spin-waiting OpenMP workers
+for the cores and doubled the scan's median time).
 
 If no compiler is found or compilation fails, :func:`load_cpu_fused_scan` returns None and
 ``resolve_scan('auto')`` falls back to the pure-PyTorch chunked scan.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import ctypes
 import hashlib
 import os
@@ -21,7 +21,6 @@ import platform
 import shutil
 import subprocess
 import tempfile
-import threading
 from pathlib import Path
 from typing import Callable
 
@@ -158,6 +157,35 @@ int selective_scan_cl_f32(const float *u, const float *delta, const float *z, co
     return 0;
 }
 
+/* OpenMP drivers: the library links libgomp.so.1, which resolves to the copy torch has already loaded,
+   so the scan shares torch's thread team instead of fighting its spinning workers for the cores. */
+int selective_scan_rows_f32(const float *, const float *, const float *, const float *, const float *,
+                            float *, int64_t, int64_t, int64_t, int64_t, int64_t);
+int selective_scan_cl_f32(const float *, const float *, const float *, const float *, const float *,
+                          const float *, const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t);
+
+int selective_scan_rows_f32_mt(const float *u, const float *delta, const float *A, const float *Bm,
+                               const float *C, float *y, int64_t E, int64_t L, int64_t N,
+                               int64_t items, int64_t threads) {
+    int status = 0;
+    #pragma omp parallel for num_threads(threads) schedule(static) reduction(|:status)
+    for (int64_t part = 0; part < threads; ++part)
+        status |= selective_scan_rows_f32(u, delta, A, Bm, C, y, E, L, N, items * part / threads,
+                                          items * (part + 1) / threads);
+    return status;
+}
+
+int selective_scan_cl_f32_mt(const float *u, const float *delta, const float *z, const float *A,
+                             const float *Bm, const float *C, const float *D, float *y,
+                             int64_t E, int64_t L, int64_t N, int64_t items, int64_t threads) {
+    int status = 0;
+    #pragma omp parallel for num_threads(threads) schedule(static) reduction(|:status)
+    for (int64_t part = 0; part < threads; ++part)
+        status |= selective_scan_cl_f32(u, delta, z, A, Bm, C, D, y, E, L, N, items * part / threads,
+                                        items * (part + 1) / threads);
+    return status;
+}
+
 int selective_scan_rows_f32(const float *u, const float *delta, const float *A, const float *Bm,
                             const float *C, float *y, int64_t E, int64_t L, int64_t N,
                             int64_t row_begin, int64_t row_end) {
@@ -170,11 +198,9 @@ int selective_scan_rows_f32(const float *u, const float *delta, const float *A, 
 # -ffast-math only when compiling (glibc then declares the AVX-512 vector expf used by `omp simd`); the
 # link step must not see it, or gcc links crtfastmath.o, whose constructor sets FTZ/DAZ for the whole
 # process when the library loads -- flushing float32 denormals, which the routing weights can be.
-_COMPILE_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-fPIC", "-c"]
-_LINK_FLAGS = ["-shared"]
+_COMPILE_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-c"]
+_LINK_FLAGS = ["-shared", "-fopenmp"]
 _FLAGS = _COMPILE_FLAGS + _LINK_FLAGS
-_lock = threading.Lock()
-_pool: concurrent.futures.ThreadPoolExecutor | None = None
 
 
 def _cache_dir() -> Path:
@@ -227,6 +253,10 @@ def _load_library() -> ctypes.CDLL | None:
     fn = lib.selective_scan_cl_f32
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_int64] * 5
+    for fn in (lib.selective_scan_rows_f32_mt, lib.selective_scan_cl_f32_mt):
+        fn.restype = ctypes.c_int
+    lib.selective_scan_rows_f32_mt.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 5
+    lib.selective_scan_cl_f32_mt.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_int64] * 5
     return lib
 
 
@@ -235,32 +265,17 @@ def _denormals_flushed() -> bool:
     return bool((tiny * 1.0 == 0).item())
 
 
-def _thread_pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
-    global _pool
-    with _lock:
-        if _pool is None or _pool._max_workers != workers:   # noqa: SLF001 - resize on set_num_threads
-            _pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scan_cpu")
-        return _pool
-
-
 def load_cpu_fused_scan() -> Callable | None:
     """The fused scan (same signature and semantics as ``selective_scan_reference``), or None."""
     lib = _load_library()
     if lib is None:
         return None
-    row_kernel, cl_kernel = lib.selective_scan_rows_f32, lib.selective_scan_cl_f32
+    row_kernel, cl_kernel = lib.selective_scan_rows_f32_mt, lib.selective_scan_cl_f32_mt
 
     def run_split(kernel, ptrs: list[int], sizes: list[int], items: int) -> None:
-        """Call ``kernel(*ptrs, *sizes, begin, end)`` over ``items`` work items split across threads."""
-        workers = max(1, min(torch.get_num_threads(), items))
-        bounds = [items * i // workers for i in range(workers + 1)]
-        if workers == 1:
-            status = [kernel(*ptrs, *sizes, 0, items)]
-        else:
-            pool = _thread_pool(workers)
-            status = [job.result() for job in [pool.submit(kernel, *ptrs, *sizes, lo, hi)
-                                               for lo, hi in zip(bounds[:-1], bounds[1:])]]
-        if any(status):
+        """``kernel(*ptrs, *sizes, items, threads)``: OpenMP over ``items`` work items inside the library."""
+        threads = max(1, min(torch.get_num_threads(), items))
+        if kernel(*ptrs, *sizes, items, threads):
             raise ValueError("cpu_fused scan: unsupported state size")
 
     def selective_scan_cpu_fused(u, delta, A, Bm, C, D, z):

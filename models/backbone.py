@@ -128,7 +128,11 @@ class MambaMixer(nn.Module):
         The conv, SiLU and softplus run in float32 even under bf16 autocast (the scan is float32 anyway).
         """
         u, z = xz.float().chunk(2, dim=-1)
-        u = F.silu(self._causal_conv(u))
+        fused_conv = getattr(self.scan_fn, "causal_conv_silu", None)   # the fused CPU scan brings one
+        if fused_conv is not None and u.device.type == "cpu":
+            u = fused_conv(u, self.conv1d.weight, self.conv1d.bias)
+        else:
+            u = F.silu(self._causal_conv(u))
         dt, Bm, C = torch.split(self.x_proj(u), [self.dt_rank, self.state_size, self.state_size], dim=-1)
         delta = F.softplus(self.dt_proj(dt).float())
         A = -torch.exp(self.A_log.float())

@@ -116,7 +116,7 @@ static void scan_rows_any(const float *u, const float *delta, const float *A, co
    A: (E, N), Bm, C: (B, L, N), D: (E). Work items are (batch, block of 16 channels); the 16 channels are
    the vector lanes, so the N state recurrences are independent FMA chains and no horizontal sums are
    needed. Fuses the D skip term and the SiLU gate: y = (<h_t, C_t> + D u_t) * z_t * sigmoid(z_t). */
-int selective_scan_cl_f32(const float *u, const float *delta, const float *z, const float *A,
+int selective_scan_cl_f32(const float *u, const float *delta, const float *z, int64_t z_ld, const float *A,
                           const float *Bm, const float *C, const float *D, float *y,
                           int64_t E, int64_t L, int64_t N, int64_t item_begin, int64_t item_end) {
     if (N > 64) return 1;
@@ -149,7 +149,7 @@ int selective_scan_cl_f32(const float *u, const float *delta, const float *z, co
                 }
             }
             for (int i = 0; i < W; ++i) {
-                const float zi = z[off + i];
+                const float zi = z[(b * L + t) * z_ld + e0 + i];
                 y[off + i] = (acc[i] + dskip[i] * uv[i]) * (zi / (1.0f + expf(-zi)));
             }
         }
@@ -159,9 +159,33 @@ int selective_scan_cl_f32(const float *u, const float *delta, const float *z, co
 
 /* OpenMP drivers: the library links libgomp.so.1, which resolves to the copy torch has already loaded,
    so the scan shares torch's thread team instead of fighting its spinning workers for the cores. */
+/* SiLU(depthwise causal conv) in the mixer's (B, L, E) layout: x rows have leading dimension ld (the conv
+   input is the first E columns of in_proj's output), wT: (K, E), out: (B, L, E) contiguous.
+   out_t = silu(bias + sum_k w_k x_{t+k-K+1}), summed in k order like the tensor-op version. */
+int causal_conv_silu_cl_f32(const float *x, int64_t ld, const float *wT, const float *bias, float *out,
+                            int64_t Bn, int64_t L, int64_t E, int64_t K, int64_t threads) {
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t bt = 0; bt < Bn * L; ++bt) {
+        const int64_t t = bt % L;
+        float *o = out + bt * E;
+        #pragma omp simd
+        for (int64_t e = 0; e < E; ++e) o[e] = bias[e];
+        for (int64_t k = 0; k < K; ++k) {
+            const int64_t src = t + k - (K - 1);
+            if (src < 0) continue;
+            const float *xr = x + (bt - t + src) * ld, *wk = wT + k * E;
+            #pragma omp simd
+            for (int64_t e = 0; e < E; ++e) o[e] += wk[e] * xr[e];
+        }
+        #pragma omp simd
+        for (int64_t e = 0; e < E; ++e) o[e] = o[e] / (1.0f + expf(-o[e]));
+    }
+    return 0;
+}
+
 int selective_scan_rows_f32(const float *, const float *, const float *, const float *, const float *,
                             float *, int64_t, int64_t, int64_t, int64_t, int64_t);
-int selective_scan_cl_f32(const float *, const float *, const float *, const float *, const float *,
+int selective_scan_cl_f32(const float *, const float *, const float *, int64_t, const float *, const float *,
                           const float *, const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t);
 
 int selective_scan_rows_f32_mt(const float *u, const float *delta, const float *A, const float *Bm,
@@ -175,13 +199,13 @@ int selective_scan_rows_f32_mt(const float *u, const float *delta, const float *
     return status;
 }
 
-int selective_scan_cl_f32_mt(const float *u, const float *delta, const float *z, const float *A,
+int selective_scan_cl_f32_mt(const float *u, const float *delta, const float *z, int64_t z_ld, const float *A,
                              const float *Bm, const float *C, const float *D, float *y,
                              int64_t E, int64_t L, int64_t N, int64_t items, int64_t threads) {
     int status = 0;
     #pragma omp parallel for num_threads(threads) schedule(static) reduction(|:status)
     for (int64_t part = 0; part < threads; ++part)
-        status |= selective_scan_cl_f32(u, delta, z, A, Bm, C, D, y, E, L, N, items * part / threads,
+        status |= selective_scan_cl_f32(u, delta, z, z_ld, A, Bm, C, D, y, E, L, N, items * part / threads,
                                         items * (part + 1) / threads);
     return status;
 }
@@ -250,13 +274,13 @@ def _load_library() -> ctypes.CDLL | None:
     fn = lib.selective_scan_rows_f32
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 5
-    fn = lib.selective_scan_cl_f32
-    fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_int64] * 5
     for fn in (lib.selective_scan_rows_f32_mt, lib.selective_scan_cl_f32_mt):
         fn.restype = ctypes.c_int
     lib.selective_scan_rows_f32_mt.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 5
-    lib.selective_scan_cl_f32_mt.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_int64] * 5
+    lib.selective_scan_cl_f32_mt.argtypes = ([ctypes.c_void_p] * 3 + [ctypes.c_int64] + [ctypes.c_void_p] * 5
+                                             + [ctypes.c_int64] * 5)
+    lib.causal_conv_silu_cl_f32.restype = ctypes.c_int
+    lib.causal_conv_silu_cl_f32.argtypes = [ctypes.c_void_p, ctypes.c_int64] + [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 5
     return lib
 
 
@@ -288,9 +312,13 @@ def load_cpu_fused_scan() -> Callable | None:
         u, delta, z = (t.detach().float() for t in (u, delta, z))       # .float() keeps the layout
         if all(t.stride(1) == 1 for t in (u, delta, z)) and n_state <= 64:
             # (B, E, L) views of (B, L, E) storage: scan in place of the layout, gate fused, no copies.
-            u_cl, d_cl, z_cl = (t.transpose(1, 2).contiguous() for t in (u, delta, z))   # no-ops if CL
+            u_cl, d_cl = (t.transpose(1, 2).contiguous() for t in (u, delta))   # no-ops if channels-last
+            z_cl = z.transpose(1, 2)
+            if z_cl.stride(2) != 1 or z_cl.stride(0) != length * z_cl.stride(1):   # rows of a wider tensor ok
+                z_cl = z_cl.contiguous()
             y = torch.empty_like(u_cl)
-            ptrs = [t.data_ptr() for t in (u_cl, d_cl, z_cl, A32, B32, C32, D32, y)]
+            ptrs = [u_cl.data_ptr(), d_cl.data_ptr(), z_cl.data_ptr(), z_cl.stride(1)] + [
+                t.data_ptr() for t in (A32, B32, C32, D32, y)]
             run_split(cl_kernel, ptrs, [channels, length, n_state], batch * (-(-channels // 16)))
             return y.transpose(1, 2).to(dtype)
         if n_state > 256:
@@ -302,4 +330,18 @@ def load_cpu_fused_scan() -> Callable | None:
         y = y + u32 * D32[None, :, None]
         return (y * F.silu(z.float())).to(dtype)
 
+    def causal_conv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """silu(depthwise causal conv) of x (B, L, E) float32 whose rows may be wider (stride(1) >= E)."""
+        batch, length, channels = x.shape
+        if x.stride(2) != 1 or x.stride(0) != length * x.stride(1):
+            x = x.contiguous()
+        wT = weight.detach().float().reshape(channels, -1).t().contiguous()        # (K, E)
+        b32 = bias.detach().float().contiguous()
+        out = torch.empty(batch, length, channels, dtype=torch.float32)
+        threads = max(1, min(torch.get_num_threads(), batch * length))
+        lib.causal_conv_silu_cl_f32(x.data_ptr(), x.stride(1), wT.data_ptr(), b32.data_ptr(), out.data_ptr(),
+                                    batch, length, channels, wT.shape[0], threads)
+        return out
+
+    selective_scan_cpu_fused.causal_conv_silu = causal_conv_silu
     return selective_scan_cpu_fused

@@ -145,3 +145,15 @@ def test_loading_backends_keeps_denormals():
     """A fast-math shared library must not switch the process to flush-to-zero (routing weights are denormal)."""
     available_scans("cpu")
     assert (torch.tensor([1e-40], dtype=torch.float32) * 1.0).item() != 0.0
+
+
+@pytest.mark.skipif("cpu_fused" not in FAST_CPU, reason="no C compiler")
+@pytest.mark.parametrize("length", [1, 3, 50])
+def test_fused_causal_conv_silu_matches_conv1d(length):
+    g = torch.Generator().manual_seed(length)
+    E = 40
+    xz = torch.randn(2, length, 2 * E, generator=g)
+    conv = torch.nn.Conv1d(E, E, 4, groups=E, padding=3)
+    expected = F.silu(conv(xz[..., :E].transpose(1, 2))[..., :length]).transpose(1, 2)
+    got = resolve_scan("cpu_fused").causal_conv_silu(xz[..., :E], conv.weight, conv.bias)
+    assert (got - expected).abs().max().item() <= 1e-6

@@ -1,7 +1,6 @@
 """Building the backbone from a ModelConfig, and the embedder API the pipeline uses."""
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import numpy as np
@@ -11,6 +10,7 @@ from models.backbone import DynamicVisBackbone
 from models.checkpoint import CheckpointInfo, load_backbone_weights
 from models.config import ModelConfig
 from models.preprocess import check_raw_chw, preprocess_s2_rgb
+from models.runtime import autocast_for, configure_numerics
 
 POOLINGS = {"mean": "featmap_mean", "max": "featmap_max"}
 
@@ -37,16 +37,10 @@ def load_backbone(config: ModelConfig) -> tuple[torch.nn.Module, CheckpointInfo]
                                    scan="reference")
         model.set_scan(config.scan, device)
     model.load_state_dict(state, strict=True)
-    # Weights stay float32 for both precisions: bf16 runs under autocast (see ``autocast_context``), so
-    # routing, norms and the scan keep float32 while the matmuls and convs use bf16.
+    # Weights stay float32 for both precisions: bf16 runs under autocast (models.runtime.autocast_for),
+    # so routing, norms and the scan keep float32 while the matmuls and convs use bf16.
+    configure_numerics(device)
     return model.to(device=device).eval(), info
-
-
-def autocast_context(precision: str, device: torch.device):
-    """bf16 autocast for precision 'bf16' (matmuls/convs in bf16), a no-op for 'fp32'."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 class DynamicVisEmbedder:
@@ -101,7 +95,7 @@ class DynamicVisEmbedder:
         if tensor.ndim != 4:
             raise ValueError(f"expected a batch (B, 3, {self.config.img_size}, {self.config.img_size}), "
                              f"got shape {tuple(tensor.shape)}")
-        with autocast_context(self.config.precision, self.device):
+        with autocast_for(self.config.precision, self.device):
             featmap = self.model(tensor.to(device=self.device, dtype=self.dtype))[-1].float()
         pooled = featmap.mean(dim=(2, 3)) if pooling == "mean" else featmap.amax(dim=(2, 3))
         return {"feature_kind": POOLINGS[pooling], "pooled": pooled.cpu().numpy().astype(np.float32),

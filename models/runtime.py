@@ -2,10 +2,8 @@
 
 - ``configure_numerics(device)``: TF32 off (the goldens' tolerance assumes true float32 matmuls).
 - ``autocast_for(precision, device)``: bf16 autocast, or nothing for fp32.
-- ``store_projections_in(model, dtype)``: keep the Mamba projection weights (in/x/dt/out_proj, ~97% of
-  the parameters) in bf16 so autocast does not re-cast 36M weights on every forward. Same numbers as
-  plain autocast, which casts them to bf16 anyway; the routing gate, norms, convs, A_log and D stay
-  float32. Such a model must then run under bf16 autocast.
+  Weights stay float32 (storing the projections in bf16 to skip autocast's per-forward weight casts was
+  measured: no gain on this CPU).
 
 Determinism: on one device, with one torch build and thread count, the same input gives bit-identical
 outputs (the scans have no atomics or thread-order-dependent sums; the fused CPU kernel gives each
@@ -23,9 +21,6 @@ from __future__ import annotations
 import contextlib
 
 import torch
-from torch import nn
-
-PROJECTION_NAMES = ("in_proj", "x_proj", "dt_proj", "out_proj")
 
 
 def configure_numerics(device: torch.device | str) -> None:
@@ -41,11 +36,3 @@ def autocast_for(precision: str, device: torch.device | str):
     if precision != "fp32":
         raise ValueError(f"precision={precision!r}: use 'fp32' or 'bf16'")
     return contextlib.nullcontext()
-
-
-def store_projections_in(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
-    """Cast the Mamba projection weights (not biases) of ``model`` in place; returns the model."""
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in PROJECTION_NAMES:
-            module.weight.data = module.weight.data.to(dtype)
-    return model

@@ -130,10 +130,19 @@ def check_runner(options: PipelineOptions) -> None:
             raise InputError(f"--runner {name!r} is not a Beam runner: {error}") from None
 
 
-def check_model(spec: RunSpec) -> None:
+def runs_locally(options: PipelineOptions) -> bool:
+    """Whether the workers share this machine's file system (DirectRunner and friends)."""
+    runner = options.view_as(StandardOptions).runner or "DirectRunner"
+    return runner.split(".")[-1] in ("DirectRunner", "PrismRunner", "InteractiveRunner", "SwitchingDirectRunner")
+
+
+def check_model(spec: RunSpec, options: PipelineOptions) -> None:
     """The scan backend name and a local checkpoint (readable, no pickled code run, keys/shapes of the arch)
     are checked on the launcher, so a bad one fails here instead of in every worker. hf:// and gs://
-    checkpoints are fetched by the workers only. The converted weights land in the cache the workers use."""
+    checkpoints are fetched by the workers only, and so is a path that exists only on remote workers
+    (weights baked into the worker image). The converted weights land in the cache the workers use."""
+    import os
+
     from models.checkpoint import CheckpointError, load_backbone_weights
     from models.scan import resolve_scan
 
@@ -145,11 +154,16 @@ def check_model(spec: RunSpec) -> None:
             raise InputError(f"--scan: {error}") from None
         except RuntimeError:
             pass  # a known backend that this launcher cannot run (e.g. cuda): the workers decide
-    if "://" not in model.checkpoint:
-        try:
-            load_backbone_weights(model.checkpoint, model.arch, model.resolved_cache_dir)
-        except CheckpointError as error:
-            raise InputError(f"--checkpoint: {error}") from None
+    if "://" in model.checkpoint:
+        return
+    if not os.path.exists(model.checkpoint) and not runs_locally(options):
+        LOGGER.info("--checkpoint %s is not on this machine: the workers must have it (e.g. in their image)",
+                    model.checkpoint)
+        return
+    try:
+        load_backbone_weights(model.checkpoint, model.arch, model.resolved_cache_dir)
+    except CheckpointError as error:
+        raise InputError(f"--checkpoint: {error}") from None
 
 
 def run(options: PipelineOptions, spec: RunSpec, wait: bool = True):
@@ -161,7 +175,7 @@ def run(options: PipelineOptions, spec: RunSpec, wait: bool = True):
     check_runner(options)
     if not options.view_as(TestOptions).dry_run:  # Beam's --dry_run=True: translate only
         check_credentials(spec)
-    check_model(spec)
+    check_model(spec, options)
     shards = check_output(spec)
     if shards:
         LOGGER.info("skip-existing: reading tile keys from %d existing shard(s)", len(shards))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import os
 import re
 import uuid
 from typing import Any, Dict, List, Optional
@@ -61,9 +60,7 @@ def _check_checkpoint(checkpoint: Optional[str]) -> None:
         return
     if "://" in checkpoint:
         raise InputError(f"--checkpoint {checkpoint!r}: use hf://OWNER/REPO/FILE, a local path or a gs:// URI")
-    if not os.path.isfile(checkpoint):
-        raise InputError(f"--checkpoint {checkpoint!r} is not a readable file; give an existing local path, "
-                         f"a gs:// URI or hf://OWNER/REPO/FILE")
+    # Whether a local path exists is checked at launch (pipeline.run.check_model), which knows the runner.
 
 
 def _positive(name: str, value, minimum=1) -> None:

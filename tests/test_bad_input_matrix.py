@@ -227,7 +227,7 @@ def _resnet(tmp_path, _good):
     ("another model's weights", _resnet, {}, ["no DynamicVis backbone weights", "is this a DynamicVis checkpoint"]),
     ("pickle that runs code", _malicious, {}, ["--checkpoint", "not tensors", "inert"]),
     ("raw pickle that runs code", _raw_pickle, {}, ["--checkpoint", "could not read"]),
-    ("missing file", lambda t, g: t / "nope.pth", {}, ["is not a readable file", "hf://OWNER/REPO/FILE"]),
+    ("missing file", lambda t, g: t / "nope.pth", {}, ["checkpoint file not found", "hf://OWNER/REPO/FILE"]),
     ("bad hf uri", lambda t, g: "hf://KyanChen", {}, ["expected hf://OWNER/REPO/FILE"]),
 ])
 def test_bad_checkpoints(case, make, extra, expected, launch_refused, argv, recipe_checkpoint_b64, tmp_path):

@@ -115,3 +115,19 @@ def test_worker_mode_attaches_the_gpu_to_every_worker(translate):
     assert "use_multiple_sdk_containers" not in environment.experiments
     (pool,) = environment.worker_pools
     assert pool.machine_type == "g2-standard-8"
+
+
+def test_a_checkpoint_baked_into_the_worker_image_is_left_to_the_workers(translate):
+    """A local --checkpoint that exists only in the worker image passes the launcher on Dataflow (the
+    workers load it) but not on DirectRunner, whose workers share the launcher's file system."""
+    from pipeline import run as cli
+    from tiles.errors import InputError
+
+    baked = "/opt/dynamicvis/weights/dynamicvis_b.safetensors"
+    assert not os.path.exists(baked)
+    job = translate([*launcher_command([]), "--checkpoint", baked])
+    assert job.options.get_all_options()["checkpoint"] == baked
+
+    options, spec = cli.parse_and_validate([*PIPELINE, "--checkpoint", baked])
+    with pytest.raises(InputError, match="--checkpoint"):
+        cli.check_model(spec, options)

@@ -30,7 +30,6 @@ def no_pipeline(monkeypatch):
     ([*TIME], "region is required"),
     (["--geojson", "/nonexistent/area.geojson", *TIME], "area.geojson"),
     (["--bbox", "8,47,8.1,47.1", *TIME, "--img-size", "50"], "img_size"),
-    (["--bbox", "8,47,8.1,47.1", *TIME, "--checkpoint", "/nonexistent.pth"], "--checkpoint"),
     (["--bbox", "8,47,8.1,47.1", *TIME, "--checkpoint", "hf://only-repo"], "hf://OWNER/REPO/FILE"),
     (["--bbox", "8,47,8.1,47.1", *TIME, "--bigquery-table", "not a table"], "PROJECT:DATASET.TABLE"),
     (["--bbox", "8,47,8.1,47.1", *TIME, "--min-batch-size", "8", "--max-batch-size", "4"], "--max-batch-size"),

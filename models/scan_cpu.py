@@ -366,5 +366,8 @@ def load_cpu_fused_scan() -> Callable | None:
                                     batch, length, channels, wT.shape[0], threads)
         return out
 
-    selective_scan_cpu_fused.causal_conv_silu = causal_conv_silu
+    # Opaque to torch.compile: dynamo must not trace the pointer handling (it produced NaNs when it did);
+    # the compiled graph breaks around these calls and runs them eagerly on real tensors.
+    selective_scan_cpu_fused = torch.compiler.disable(selective_scan_cpu_fused)
+    selective_scan_cpu_fused.causal_conv_silu = torch.compiler.disable(causal_conv_silu)
     return selective_scan_cpu_fused

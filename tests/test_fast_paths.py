@@ -85,3 +85,17 @@ def test_batch_of_tiles_equals_tiles_one_by_one(models_b64):
     # Different batch sizes use different BLAS blockings: float32 rounding, not a logic difference.
     error = (batched - single).abs().max().item()
     assert error <= 5e-5, error
+
+
+@pytest.mark.slow
+def test_torch_compile_with_fast_scan_matches_golden():
+    """torch.compile around the backbone: the fused CPU kernels are opaque to dynamo (graph breaks)."""
+    golden = load_golden("dynamicvis_b_img64_hot.npz")
+    model = recipe_backbone("b", 64, True).eval()
+    model.set_scan("auto", "cpu")
+    compiled = torch.compile(model)
+    with torch.inference_mode():
+        outputs = compiled(torch.from_numpy(golden["input"]))
+    for stage, output in enumerate(outputs):
+        error = np.abs(output.numpy() - golden[f"stage{stage}"]).max()
+        assert error <= 1e-5, f"compiled stage{stage}: {error:.2e}"

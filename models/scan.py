@@ -17,10 +17,14 @@ Backends (chosen by name through :func:`resolve_scan`):
   then propagated with a log-depth (Hillis-Steele) scan, and a second T-step pass adds their decayed
   contribution. Only exponentials of non-positive numbers are taken, so it is stable for any length
   and any delta/A magnitude; about 11*T + 4*log2(L/T) tensor ops instead of ~4*L.
-- ``cpu_fused``: a small C kernel (one fused loop over tokens per (batch, channel), vectorised over the
-  state, OpenMP over channels) compiled on first use with the system C compiler and called through
-  ctypes; see ``models/scan_cpu.py``. Unavailable without a compiler.
-- ``cuda``: ``mamba_ssm``'s ``selective_scan_fn`` when that package is importable (not tested here).
+- ``cpu_fused``: a small C kernel (one fused loop over tokens per (batch, 16-channel block), the channels
+  as vector lanes, D skip and SiLU gate fused, OpenMP on torch's thread team) compiled on first use with
+  the system C compiler and called through ctypes; see ``models/scan_cpu.py``. Unavailable without a
+  compiler, in which case ``auto`` uses ``chunked``. Also provides a fused causal conv + SiLU that the
+  backbone's mixer uses when this backend is selected.
+- ``cuda``: ``mamba_ssm``'s ``selective_scan_fn`` when that package is importable (untested here: no
+  GPU in this task). Without it ``auto`` uses ``chunked`` on CUDA (~11*T + 4*log2(L/T) launches per
+  call, T <= 64; not tuned on a GPU).
 
 Every backend computes in float32, with autocast disabled, whatever the input dtype.
 """

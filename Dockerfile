@@ -33,6 +33,12 @@ RUN python -c "import sys, torch; \
 v = sys.version_info[:2]; assert v == (3, 11), f'base image has Python {v}, the Beam SDK image is 3.11'; \
 assert torch.__version__.split('+')[0] == '2.13.0', f'base image has torch {torch.__version__}, need 2.13.0'"
 
+# A C compiler for the fused CPU selective scan (models/scan_cpu.py builds it on first use, per CPU model):
+# without one, inference on CPU-only workers falls back to the ~3x slower pure-PyTorch chunked scan.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+
 # Dependencies first (cached layer): torch==2.13.0 is already satisfied by the base image (the +cuXXX local
 # version matches the pin), so pip keeps the CUDA build. Then the project itself, without dependencies.
 COPY requirements.txt ./

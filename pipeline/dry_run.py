@@ -8,8 +8,9 @@ import time
 
 from pipeline.spec import RunSpec
 
-# A typical computePixels latency for a 4x4 block of 512 px tiles (used for the second time estimate only).
-TYPICAL_LATENCY_S = 2.0
+# Assumed computePixels latency for a 4x4 block of 512 px tiles (a ~29 MB median composite), used for the
+# second time estimate only. A conservative assumption, not a measurement (docs/DEPLOY.md uses the same).
+TYPICAL_LATENCY_S = 30.0
 
 
 @dataclasses.dataclass
@@ -35,7 +36,7 @@ class Plan:
             f"time at the quota: >= {fetch.seconds_at_quota:.0f} s ({hours:.2f} h) at the project's requests/s",
         ]
         if fetch.seconds_at_latency is not None:
-            lines.append(f"time at the concurrency cap with ~{TYPICAL_LATENCY_S:g} s/request: "
+            lines.append(f"time at the concurrency cap, assuming ~{TYPICAL_LATENCY_S:g} s/request: "
                          f"~{fetch.seconds_at_latency:.0f} s ({fetch.seconds_at_latency / 3600:.2f} h)")
         lines.append(f"planned in {self.planning_s:.2f} s")
         return "\n".join(lines)

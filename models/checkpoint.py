@@ -105,6 +105,8 @@ restricted_pickle.__name__ = "restricted_pickle"
 def safe_torch_load(path: str | Path) -> Any:
     """``torch.load`` of any checkpoint without running pickled code (unknown globals become inert)."""
     try:
+        # weights_only=False is what torch requires with a custom pickle_module; safety comes from that module:
+        # torch's wrapper resolves only storage classes itself and sends every other global to our find_class.
         return torch.load(path, map_location="cpu", pickle_module=restricted_pickle, weights_only=False)
     except Exception as error:  # zip, pickle and torch errors all mean "not a readable checkpoint"
         raise CheckpointError(f"could not read {path} as a PyTorch checkpoint ({type(error).__name__}: {error}); "

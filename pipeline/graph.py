@@ -4,10 +4,13 @@
         rows         -> Parquet shards (+ BigQuery)
         dead letters -> failed/*.jsonl            (fetch, inference and encode failures)
         counts       -> manifest.json             (after all writes have finished)
+
+With --skip-existing, DropExisting drops the tiles whose key is already in every output (the Parquet shards,
+and the BigQuery table if one is set); with two outputs, each then gets only the rows it lacks.
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
@@ -40,6 +43,17 @@ def run_configuration(spec: RunSpec) -> dict:
         dataclasses.asdict(spec.model) if dataclasses.is_dataclass(spec.model) else dict(vars(spec.model)))
 
 
+def existing_keys(pipeline: beam.Pipeline, spec: RunSpec, existing_shards: List[str]) -> Dict[str, Any]:
+    """{output name: keys of the rows already there} with --skip-existing ('parquet', plus 'bigquery' with
+    --bigquery-table); {} without it."""
+    if not spec.skip_existing:
+        return {}
+    sinks = {"parquet": pipeline | "ExistingKeys" >> write.ReadExistingKeys(existing_shards)}
+    if spec.bigquery_table:
+        sinks["bigquery"] = pipeline | "ExistingBigQueryKeys" >> write.ReadExistingBigQueryKeys(spec.bigquery_table)
+    return sinks
+
+
 def build(pipeline: beam.Pipeline, spec: RunSpec, existing_shards: List[str],
           planned_tiles: Optional[int] = None, bigquery_temp: Optional[str] = None) -> None:
     """Add the whole embedding job to `pipeline`."""
@@ -47,10 +61,16 @@ def build(pipeline: beam.Pipeline, spec: RunSpec, existing_shards: List[str],
     from transforms.plan import PlanTiles
 
     requests = pipeline | "PlanTiles" >> PlanTiles(spec.regions, spec.windows, spec.tile_px, spec.scale_m)
-    existing = (pipeline | "ExistingKeys" >> write.ReadExistingKeys(existing_shards)) if existing_shards else None
-    kept = requests | "DropExisting" >> write.DropExisting(existing)
-    to_fetch = kept.requests | "CountPlanned" >> beam.ParDo(progress.CountProgress(progress.PLANNED))
-    skipped = kept[write.DropExisting.SKIPPED_TAG] | "CountSkipped" >> beam.ParDo(
+    sinks = existing_keys(pipeline, spec, existing_shards)
+    # A tile is not fetched again only if every output already has it.
+    if len(sinks) > 1:
+        present = sinks | "InEverySink" >> write.KeysInEvery()
+    else:
+        present = next(iter(sinks.values()), None)
+    kept = requests | "DropExisting" >> write.DropExisting(present)
+    to_fetch = kept[write.Without.KEPT_TAG] | "CountPlanned" >> beam.ParDo(
+        progress.CountProgress(progress.PLANNED))
+    skipped = kept[write.Without.SKIPPED_TAG] | "CountSkipped" >> beam.ParDo(
         progress.CountProgress(progress.SKIPPED))
 
     fetched = to_fetch | "FetchTiles" >> FetchTiles(spec.s2, spec.ee)
@@ -70,16 +90,22 @@ def build(pipeline: beam.Pipeline, spec: RunSpec, existing_shards: List[str],
                | "CountFailed" >> beam.ParDo(progress.CountProgress(progress.FAILED, planned_tiles, interval)))
 
     configuration = run_configuration(spec)
-    shards = rows | "WriteParquet" >> write.WriteParquetShards(
+    parquet_rows = bigquery_rows = rows
+    if len(sinks) > 1:  # fetched because some output lacked the tile: each output gets only what it lacks
+        parquet_rows = (rows | "NotInParquet" >> write.Without(sinks["parquet"]))[write.Without.KEPT_TAG]
+        bigquery_rows = (rows | "NotInBigQuery" >> write.Without(sinks["bigquery"]))[write.Without.KEPT_TAG]
+    shards = parquet_rows | "WriteParquet" >> write.WriteParquetShards(
         spec.output, spec.run_id, grid=spec.grid, run_config=configuration, num_shards=spec.num_shards)
     if spec.bigquery_table:
-        _ = rows | "WriteBigQuery" >> write.WriteBigQueryRows(spec.bigquery_table, bigquery_temp)
+        _ = bigquery_rows | "WriteBigQuery" >> write.WriteBigQueryRows(spec.bigquery_table, bigquery_temp)
     letter_files = letters | "WriteDeadLetters" >> write.WriteDeadLetters(spec.output, spec.run_id)
 
     base = manifest_lib.base_manifest(spec.run_id, spec.created_at, configuration,
                                       {"tiles": planned_tiles} if planned_tiles is not None else {})
-    counted = {"rows_written": rows, "dead_letters": letters, "fetch_requests": to_fetch,
+    counted = {"rows_written": parquet_rows, "dead_letters": letters, "fetch_requests": to_fetch,
                "skipped_existing": skipped}
+    if spec.bigquery_table:
+        counted["bigquery_rows_written"] = bigquery_rows
     _ = ({**counted, "model": rows | "ModelColumns" >> beam.Map(write.row_model_metadata),
           "shards": shards, "dead_letter_files": letter_files}
          | "WriteManifest" >> write.WriteManifest(spec.output, base, sorted(counted)))

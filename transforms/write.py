@@ -5,14 +5,15 @@ Output layout under `--output`:
     failed/dead-letters-<run_id>-SSSSS-of-NNNNN.jsonl
     manifest.json                                 the last run's configuration, versions and counts
 Each run writes shards under its own run id, so a rerun never overwrites or duplicates earlier shards;
-with skip-existing, tiles already in earlier shards are dropped before fetching.
+with skip-existing, tiles already in every output (the shards, and the BigQuery table if any) are dropped
+before fetching, and each output gets only the rows it lacks.
 """
 from __future__ import annotations
 
 import datetime as dt
 import json
 import logging
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -130,8 +131,29 @@ class WriteBigQueryRows(beam.PTransform):
 # Skip-existing
 # --------------------------------------------------------------------------------------------------
 
-def _key_of_row(row: Mapping[str, Any]) -> str:
-    return schema.row_key(row["tile_id"], row["start_date"], row["end_date"])
+KEY_COLUMNS = ("tile_id", "start_date", "end_date")  # what identifies a row: tile and time window
+
+
+def _as_date(value) -> dt.date:
+    """A DATE as read back: datetime.date (Parquet, google-cloud-bigquery), a datetime or an ISO string."""
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    return dt.date.fromisoformat(str(value)[:10])
+
+
+def key_of_row(row: Mapping[str, Any]) -> str:
+    """`schema.row_key` of an output row (as written, or as read back from Parquet or BigQuery)."""
+    return schema.row_key(row["tile_id"], _as_date(row["start_date"]), _as_date(row["end_date"]))
+
+
+def _key_of_request(request) -> str:
+    return request.key
+
+
+def _request_order(request) -> str:
+    return request.request_id
 
 
 class ReadExistingKeys(beam.PTransform):
@@ -142,45 +164,145 @@ class ReadExistingKeys(beam.PTransform):
         self._shards = list(shards)
 
     def expand(self, pbegin):
+        if not self._shards:
+            return pbegin | "NoShards" >> beam.Create([])
         return (pbegin
                 | "Shards" >> beam.Create(self._shards)
-                | "ReadKeys" >> beam.io.ReadAllFromParquet(columns=["tile_id", "start_date", "end_date"])
-                | "Key" >> beam.Map(_key_of_row))
+                | "ReadKeys" >> beam.io.ReadAllFromParquet(columns=list(KEY_COLUMNS))
+                | "Key" >> beam.Map(key_of_row))
 
 
-class DropExisting(beam.PTransform):
-    """TileRequests minus those whose key is in `existing_keys`, one request per key.
+def bigquery_table_reference(table: str):
+    """PROJECT:DATASET.TABLE (as --bigquery-table takes it) -> google.cloud.bigquery.TableReference."""
+    from apache_beam.io.gcp.bigquery_tools import parse_table_reference
+    from google.cloud import bigquery
 
-    A CoGroupByKey anti-join: scales with the output (no side input held in memory) and also removes duplicate
-    requests from overlapping regions. Outputs (kept requests, number of skipped keys per key group).
+    ref = parse_table_reference(table)
+    return bigquery.TableReference(bigquery.DatasetReference(ref.projectId, ref.datasetId), ref.tableId)
+
+
+def bigquery_client(project: str):
+    """google-cloud-bigquery client (Application Default Credentials; BIGQUERY_EMULATOR_HOST is honoured)."""
+    from google.cloud import bigquery
+
+    return bigquery.Client(project=project)
+
+
+def bigquery_row_count(table: str, timeout_s: float = 60.0) -> Optional[int]:
+    """Rows in the BigQuery table (streaming buffer included as at least one), or None if it does not exist."""
+    from google.api_core.exceptions import NotFound
+    from google.cloud.bigquery import DEFAULT_RETRY
+
+    ref = bigquery_table_reference(table)
+    client = bigquery_client(ref.project)
+    try:
+        found = client.get_table(ref, retry=DEFAULT_RETRY.with_deadline(timeout_s), timeout=timeout_s)
+    except NotFound:
+        return None
+    finally:
+        client.close()
+    return max(found.num_rows or 0, 1 if found.streaming_buffer is not None else 0)
+
+
+def bigquery_keys(table: str) -> Iterator[str]:
+    """Keys of the rows of a BigQuery table, listed with only the key columns; nothing if there is no table."""
+    from google.api_core.exceptions import NotFound
+    from google.cloud.bigquery import SchemaField
+
+    fields = {f["name"]: f for f in schema.bigquery_schema()["fields"]}
+    selected = [SchemaField(name, fields[name]["type"], mode=fields[name]["mode"]) for name in KEY_COLUMNS]
+    ref = bigquery_table_reference(table)
+    client = bigquery_client(ref.project)
+    try:
+        for row in client.list_rows(ref, selected_fields=selected, page_size=50_000):
+            yield key_of_row(row)
+    except NotFound:
+        LOGGER.info("BigQuery table %s does not exist yet: no existing keys there", table)
+    finally:
+        client.close()
+
+
+class ReadExistingBigQueryKeys(beam.PTransform):
+    """Keys (tile + window) of the rows already in a BigQuery table, listed on a worker (tabledata.list of the
+    three key columns); a table that does not exist yet has none."""
+
+    def __init__(self, table: str) -> None:
+        super().__init__()
+        self._table = table
+
+    def expand(self, pbegin):
+        return (pbegin
+                | "Table" >> beam.Create([self._table])
+                | "ListKeys" >> beam.FlatMap(bigquery_keys))
+
+
+class Without(beam.PTransform):
+    """`items` minus those whose key (`key_fn(item)`) is in the `keys` PCollection, one item per key.
+
+    A CoGroupByKey anti-join: scales with the data (no side input held in memory) and also removes duplicate
+    items (e.g. requests of overlapping regions; among duplicates the least `order_fn(item)` is kept, else
+    any). Outputs KEPT_TAG (the kept items) and SKIPPED_TAG (one key per key found in `keys`).
     """
 
+    KEPT_TAG = "kept"
     SKIPPED_TAG = "skipped"
 
-    def __init__(self, existing_keys=None) -> None:
+    def __init__(self, keys=None, key_fn: Callable[[Any], str] = key_of_row,
+                 order_fn: Optional[Callable[[Any], Any]] = None) -> None:
         super().__init__()
-        self._existing = existing_keys
+        self._keys = keys
+        self._key_fn = key_fn
+        self._order_fn = order_fn
 
-    def expand(self, requests):
-        keyed = requests | "KeyRequests" >> beam.Map(lambda r: (r.key, r))
-        existing = self._existing if self._existing is not None else (
-            requests.pipeline | "NoExisting" >> beam.Create([]))
-        marked = existing | "MarkExisting" >> beam.Map(lambda k: (k, True))
-        return ({"requests": keyed, "existing": marked}
+    def expand(self, items):
+        keyed = items | "KeyItems" >> beam.Map(lambda item, key_fn: (key_fn(item), item), self._key_fn)
+        keys = self._keys if self._keys is not None else (items.pipeline | "NoKeys" >> beam.Create([]))
+        marked = keys | "MarkKeys" >> beam.Map(lambda key: (key, True))
+        return ({"items": keyed, "keys": marked}
                 | "Join" >> beam.CoGroupByKey()
-                | "Keep" >> beam.ParDo(_KeepMissing()).with_outputs(self.SKIPPED_TAG, main="requests"))
+                | "Keep" >> beam.ParDo(_KeepMissing(self._order_fn)).with_outputs(self.SKIPPED_TAG,
+                                                                                   main=self.KEPT_TAG))
 
 
 class _KeepMissing(beam.DoFn):
+    def __init__(self, order_fn: Optional[Callable[[Any], Any]] = None) -> None:
+        self._order_fn = order_fn
+
     def process(self, joined):
-        _, groups = joined
-        requests = list(groups["requests"])
-        if not requests:
+        key, groups = joined
+        items = list(groups["items"])
+        if not items:
             return
-        if list(groups["existing"]):
-            yield beam.pvalue.TaggedOutput(DropExisting.SKIPPED_TAG, requests[0].key)
+        if any(True for _ in groups["keys"]):
+            yield beam.pvalue.TaggedOutput(Without.SKIPPED_TAG, key)
             return
-        yield min(requests, key=lambda r: r.request_id)  # deterministic pick among overlapping regions
+        yield min(items, key=self._order_fn) if self._order_fn else items[0]  # deterministic among overlaps
+
+
+class DropExisting(Without):
+    """TileRequests minus those whose key is in `existing_keys`, one request per key (the least request_id
+    among overlapping regions). Outputs KEPT_TAG (requests to fetch) and SKIPPED_TAG (keys skipped)."""
+
+    def __init__(self, existing_keys=None) -> None:
+        super().__init__(existing_keys, key_fn=_key_of_request, order_fn=_request_order)
+
+
+class KeysInEvery(beam.PTransform):
+    """Applied to {name: keys PCollection}: the keys present in every one of them (a CoGroupByKey
+    intersection), each once."""
+
+    def expand(self, named_keys):
+        marked = {name: keys | f"Mark_{name}" >> beam.Map(lambda key: (key, True))
+                  for name, keys in named_keys.items()}
+        return (marked
+                | "Join" >> beam.CoGroupByKey()
+                | "InEvery" >> beam.FlatMap(_key_if_in_every))
+
+
+def _key_if_in_every(joined):
+    key, groups = joined
+    if all(any(True for _ in group) for group in groups.values()):
+        yield key
 
 
 # --------------------------------------------------------------------------------------------------
@@ -247,5 +369,6 @@ def request_from_pixels(pixels) -> Tuple[schema.TileMeta, Any]:
 
 
 __all__ = ["ToRows", "WriteParquetShards", "WriteBigQueryRows", "WriteDeadLetters", "ReadExistingKeys",
-           "DropExisting", "WriteManifest", "existing_shards", "shard_pattern", "join_path",
-           "request_from_pixels", "row_model_metadata", "DEAD_LETTER_TAG"]
+           "ReadExistingBigQueryKeys", "Without", "DropExisting", "KeysInEvery", "key_of_row", "bigquery_keys",
+           "bigquery_row_count", "bigquery_table_reference", "WriteManifest", "existing_shards", "shard_pattern",
+           "join_path", "request_from_pixels", "row_model_metadata", "DEAD_LETTER_TAG"]

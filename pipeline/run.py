@@ -19,6 +19,7 @@ from tiles.errors import InputError
 LOGGER = logging.getLogger("dynamicvis")
 _COORDINATE_FLAGS = ("--bbox",)
 EXIT_USAGE = 2
+BIGQUERY_LAUNCH_TIMEOUT_S = 60.0  # how long the launcher retries looking up --bigquery-table
 
 
 def glue_negative_values(argv: Sequence[str]) -> List[str]:
@@ -84,6 +85,32 @@ def check_output(spec: RunSpec) -> List[str]:
         raise InputError(f"--output {spec.output} already holds {len(shards)} embedding shard(s); pass "
                          f"--skip-existing to embed only the tiles missing there, or choose an empty --output")
     return shards
+
+
+def check_bigquery_table(spec: RunSpec) -> Optional[int]:
+    """Rows already in `--bigquery-table` (None: no such table yet); refuse a non-empty table without
+    --skip-existing, and say what to fix when BigQuery cannot be reached."""
+    if not spec.bigquery_table:
+        return None
+    import google.api_core.exceptions
+    import google.auth.exceptions
+
+    from transforms.write import bigquery_row_count
+
+    try:
+        rows = bigquery_row_count(spec.bigquery_table, BIGQUERY_LAUNCH_TIMEOUT_S)
+    except google.auth.exceptions.DefaultCredentialsError:
+        raise InputError(f"--bigquery-table {spec.bigquery_table}: no Application Default Credentials for "
+                         f"BigQuery; run `gcloud auth application-default login`") from None
+    except (google.api_core.exceptions.GoogleAPIError, google.auth.exceptions.GoogleAuthError,
+            OSError) as error:
+        raise InputError(f"--bigquery-table {spec.bigquery_table}: could not look the table up in BigQuery "
+                         f"({type(error).__name__}: {error}); check the project, your credentials and the "
+                         f"network") from None
+    if rows and not spec.skip_existing:
+        raise InputError(f"--bigquery-table {spec.bigquery_table} already holds {rows} row(s); pass "
+                         f"--skip-existing to embed only the tiles missing there, or choose another table")
+    return rows
 
 
 def planned_tile_count(spec: RunSpec) -> Optional[int]:
@@ -173,12 +200,15 @@ def run(options: PipelineOptions, spec: RunSpec, wait: bool = True):
     from pipeline import graph
 
     check_runner(options)
-    if not options.view_as(TestOptions).dry_run:  # Beam's --dry_run=True: translate only
+    translate_only = options.view_as(TestOptions).dry_run  # Beam's --dry_run=True: translate only
+    if not translate_only:
         check_credentials(spec)
     check_model(spec, options)
     shards = check_output(spec)
     if shards:
         LOGGER.info("skip-existing: reading tile keys from %d existing shard(s)", len(shards))
+    if not translate_only and check_bigquery_table(spec):
+        LOGGER.info("skip-existing: reading tile keys from BigQuery table %s", spec.bigquery_table)
     planned = planned_tile_count(spec)
     options.view_as(SetupOptions).save_main_session = False
     pipeline = beam.Pipeline(options=options)

@@ -13,6 +13,9 @@ column keeps the production type and is compared as geometry (WKT read back vs W
 """
 from __future__ import annotations
 
+import datetime as dt
+import json
+
 import numpy as np
 import pytest
 import shapely
@@ -107,8 +110,8 @@ def test_bigquery_rows_equal_the_parquet_rows(fake_ee, recipe_checkpoint_b64, tm
 
 def test_skip_existing_rerun_appends_only_the_new_tiles(fake_ee, recipe_checkpoint_b64, tmp_path, model_cache,
                                                         bigquery_dataset):
-    """Skip-existing reads keys from the Parquet output only; while Parquet and BigQuery hold the same rows
-    (both writes of every run succeeded), a rerun appends to BigQuery exactly the tiles it adds to Parquet."""
+    """While Parquet and BigQuery hold the same rows (both writes of every run succeeded), a skip-existing rerun
+    appends to BigQuery exactly the tiles it adds to Parquet."""
     from pipeline.run import launch
 
     output = tmp_path / "out"
@@ -128,3 +131,178 @@ def test_skip_existing_rerun_appends_only_the_new_tiles(fake_ee, recipe_checkpoi
     assert len(first) < len(rows) and len(keys) == len(set(keys)), "duplicate rows in BigQuery"
     assert set(keys) == {_key(row) for row in parquet} == set(expected)
     assert len(_load_jobs(client, table_id)) == 2
+
+
+def _bq(bigquery_dataset):
+    return ["--bigquery-table", bigquery_dataset.table_spec(TABLE), "--temp_location", bigquery_dataset.temp_location]
+
+
+def _launch_ok(argv) -> bool:
+    from pipeline.run import launch
+
+    return launch(argv) == 0
+
+
+def _manifest(output):
+    return json.loads((output / "manifest.json").read_text())["counts"]
+
+
+def test_bigquery_keys_equal_the_parquet_keys(fake_ee, recipe_checkpoint_b64, tmp_path, model_cache,
+                                              bigquery_dataset):
+    """The keys skip-existing lists from BigQuery (DATE columns come back as datetime.date) are the very keys
+    of the Parquet rows and of the requests; a table that does not exist yet has none."""
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from transforms import write
+
+    assert list(write.bigquery_keys(bigquery_dataset.table_spec("not_there"))) == []
+    assert write.bigquery_row_count(bigquery_dataset.table_spec("not_there")) is None
+
+    output = tmp_path / "out"
+    argv = _argv(fake_ee, recipe_checkpoint_b64, output, "--bbox", BBOX_SMALL, *_bq(bigquery_dataset))
+    expected, _ = _expected_requests(argv)
+    assert _launch_ok(argv)
+
+    table = bigquery_dataset.table_spec(TABLE)
+    keys = list(write.bigquery_keys(table))
+    assert sorted(keys) == sorted(expected) and write.bigquery_row_count(table) == len(expected)
+    shards, _ = _read_rows(output)
+    with beam.Pipeline() as pipeline:
+        parquet = pipeline | "Parquet" >> write.ReadExistingKeys(shards)
+        bigquery = pipeline | "BigQuery" >> write.ReadExistingBigQueryKeys(table)
+        assert_that(parquet, equal_to(sorted(expected)), label="ParquetKeys")
+        assert_that(bigquery, equal_to(sorted(expected)), label="BigQueryKeys")
+
+    # Every spelling a DATE may be read back in gives the same key.
+    row = {"tile_id": "32TMT_1_2", "start_date": dt.date(2024, 6, 1), "end_date": dt.date(2024, 7, 1)}
+    for start in (dt.date(2024, 6, 1), dt.datetime(2024, 6, 1), "2024-06-01"):
+        assert write.key_of_row({**row, "start_date": start}) == write.key_of_row(row) \
+            == "32TMT_1_2/2024-06-01_2024-07-01"
+
+
+def test_new_output_same_table_fetches_for_parquet_but_never_duplicates_bigquery(
+        fake_ee, recipe_checkpoint_b64, tmp_path, model_cache, bigquery_dataset):
+    """A new, empty --output with the table of an earlier run: the tiles BigQuery already has are embedded
+    again for Parquet only; new tiles go to both; BigQuery never gets a row twice."""
+    first_output, output = tmp_path / "first", tmp_path / "second"
+    table_id = bigquery_dataset.table_id(TABLE)
+    assert _launch_ok(_argv(fake_ee, recipe_checkpoint_b64, first_output, "--bbox", BBOX_SMALL, *_bq(bigquery_dataset)))
+    client = bigquery_dataset.client()
+    _, first = _bigquery_rows(client, table_id)
+
+    larger = _argv(fake_ee, recipe_checkpoint_b64, output, "--bbox", BBOX, "--skip-existing", *_bq(bigquery_dataset))
+    expected, _ = _expected_requests(larger)
+    assert _launch_ok(larger)
+
+    _, parquet = _read_rows(output)
+    _, rows = _bigquery_rows(client, table_id)
+    keys = [_key(row) for row in rows]
+    assert len(keys) == len(set(keys)), "duplicate rows in BigQuery"
+    assert set(keys) == set(expected) and len(first) < len(expected)
+    assert sorted(_key(row) for row in parquet) == sorted(expected), "Parquet gets every tile it lacked"
+    counts = _manifest(output)
+    assert counts["skipped_existing"] == 0 and counts["fetch_requests"] == len(expected)
+    assert counts["rows_written"] == len(expected)
+    assert counts["bigquery_rows_written"] == len(expected) - len(first)
+
+    # The same job again: both outputs have every tile, nothing is fetched or appended.
+    calls = len(fake_ee.server.calls)
+    assert _launch_ok(larger)
+    assert len(fake_ee.server.calls) == calls
+    assert len(_bigquery_rows(client, table_id)[1]) == len(expected) == len(_read_rows(output)[1])
+    assert _manifest(output)["skipped_existing"] == len(expected)
+
+
+def test_tiles_missing_from_bigquery_only_are_added_there_only(fake_ee, recipe_checkpoint_b64, tmp_path,
+                                                               model_cache, bigquery_dataset):
+    """Parquet finalized but BigQuery lacks some rows (its load failed, or the table came later): the
+    skip-existing rerun fetches exactly those tiles and appends them to BigQuery, and nothing to Parquet."""
+    output = tmp_path / "out"
+    table_id = bigquery_dataset.table_id(TABLE)
+    # First run without BigQuery: the table does not exist yet.
+    assert _launch_ok(_argv(fake_ee, recipe_checkpoint_b64, output, "--bbox", BBOX_SMALL))
+    _, parquet = _read_rows(output)
+    assert len(parquet) == 4
+
+    argv = _argv(fake_ee, recipe_checkpoint_b64, output, "--bbox", BBOX_SMALL, "--skip-existing",
+                 *_bq(bigquery_dataset))
+    assert _launch_ok(argv)
+    client = bigquery_dataset.client()
+    _, rows = _bigquery_rows(client, table_id)
+    assert sorted(_key(row) for row in rows) == sorted(_key(row) for row in parquet)
+    assert sorted(_key(row) for row in _read_rows(output)[1]) == sorted(_key(row) for row in parquet)
+    counts = _manifest(output)
+    assert (counts["fetch_requests"], counts["rows_written"], counts["bigquery_rows_written"]) == (4, 0, 4)
+
+    # Two rows lost from BigQuery: the rerun fetches and appends exactly those two.
+    lost = sorted(rows, key=_key)[:2]
+    client.query(f"DELETE FROM `{table_id}` WHERE tile_id IN UNNEST(@tiles)", job_config=_tiles_parameter(
+        [row["tile_id"] for row in lost])).result()
+    assert len(_bigquery_rows(client, table_id)[1]) == 2
+    calls = len(fake_ee.server.calls)
+    assert _launch_ok(argv)
+    assert len(fake_ee.server.calls) > calls
+    _, rows = _bigquery_rows(client, table_id)
+    keys = [_key(row) for row in rows]
+    assert len(keys) == len(set(keys)) and sorted(keys) == sorted(_key(row) for row in parquet)
+    assert len(_read_rows(output)[1]) == len(parquet), "nothing added to Parquet"
+    counts = _manifest(output)
+    assert (counts["skipped_existing"], counts["fetch_requests"]) == (2, 2)
+    assert (counts["rows_written"], counts["bigquery_rows_written"]) == (0, 2)
+
+
+def _tiles_parameter(tiles):
+    from google.cloud import bigquery
+
+    return bigquery.QueryJobConfig(query_parameters=[bigquery.ArrayQueryParameter("tiles", "STRING", tiles)])
+
+
+def test_non_empty_table_without_skip_existing_is_refused_at_launch(fake_ee, recipe_checkpoint_b64, tmp_path,
+                                                                    model_cache, bigquery_dataset, capsys):
+    from pipeline.run import launch
+
+    assert _launch_ok(_argv(fake_ee, recipe_checkpoint_b64, tmp_path / "first", "--bbox", BBOX_SMALL,
+                           *_bq(bigquery_dataset)))
+    capsys.readouterr()
+    calls = len(fake_ee.server.calls)
+    output = tmp_path / "second"
+    assert launch(_argv(fake_ee, recipe_checkpoint_b64, output, "--bbox", BBOX_SMALL, *_bq(bigquery_dataset))) == 2
+    err = capsys.readouterr().err
+    assert f"--bigquery-table {bigquery_dataset.table_spec(TABLE)} already holds 4 row(s)" in err
+    assert "--skip-existing" in err and "another table" in err
+    assert len(fake_ee.server.calls) == calls
+    assert not list(output.glob("embeddings-*.parquet"))
+
+
+@pytest.mark.parametrize("problem", ["no credentials", "no connection"])
+def test_bigquery_unreachable_at_launch_is_an_input_error(problem, fake_ee, recipe_checkpoint_b64, tmp_path,
+                                                          monkeypatch, capsys):
+    """BigQuery cannot be asked at launch: an input error naming the table and what to check, no traceback,
+    before any Earth Engine request."""
+    import socket
+
+    import google.auth
+    from google.auth.credentials import AnonymousCredentials
+
+    from pipeline import run as cli
+
+    with socket.socket() as probe:  # a free loopback port, closed again: connections are refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "test-project")
+    if problem == "no credentials":
+        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing-key.json"))
+        expected = "no Application Default Credentials for BigQuery"
+    else:
+        monkeypatch.setattr(google.auth, "default", lambda *_a, **_k: (AnonymousCredentials(), "test-project"))
+        monkeypatch.setattr(cli, "BIGQUERY_LAUNCH_TIMEOUT_S", 2.0)
+        expected = "could not look the table up in BigQuery"
+    calls = len(fake_ee.server.calls)
+    argv = _argv(fake_ee, recipe_checkpoint_b64, tmp_path / "out", "--bbox", BBOX_SMALL, "--skip-existing",
+                 "--bigquery-table", "test-project:ds.embeddings")
+    assert cli.launch(argv) == 2
+    err = capsys.readouterr().err
+    assert f"--bigquery-table test-project:ds.embeddings: {expected}" in err
+    assert "Traceback" not in err and len(fake_ee.server.calls) == calls

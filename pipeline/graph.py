@@ -55,12 +55,14 @@ def existing_keys(pipeline: beam.Pipeline, spec: RunSpec, existing_shards: List[
 
 
 def build(pipeline: beam.Pipeline, spec: RunSpec, existing_shards: List[str],
-          planned_tiles: Optional[int] = None, bigquery_temp: Optional[str] = None) -> None:
+          bigquery_temp: Optional[str] = None) -> None:
     """Add the whole embedding job to `pipeline`."""
     from transforms.fetch import DEAD_LETTER, PIXELS, FetchTiles
     from transforms.plan import PlanTiles
 
-    requests = pipeline | "PlanTiles" >> PlanTiles(spec.regions, spec.windows, spec.tile_px, spec.scale_m)
+    plan = PlanTiles(spec.regions, spec.windows, spec.tile_px, spec.scale_m)
+    planned_tiles = plan.planned_requests  # counted from the shards PlanTiles ships: the launcher plans once
+    requests = pipeline | "PlanTiles" >> plan
     sinks = existing_keys(pipeline, spec, existing_shards)
     # A tile is not fetched again only if every output already has it.
     if len(sinks) > 1:
@@ -100,8 +102,7 @@ def build(pipeline: beam.Pipeline, spec: RunSpec, existing_shards: List[str],
         _ = bigquery_rows | "WriteBigQuery" >> write.WriteBigQueryRows(spec.bigquery_table, bigquery_temp)
     letter_files = letters | "WriteDeadLetters" >> write.WriteDeadLetters(spec.output, spec.run_id)
 
-    base = manifest_lib.base_manifest(spec.run_id, spec.created_at, configuration,
-                                      {"tiles": planned_tiles} if planned_tiles is not None else {})
+    base = manifest_lib.base_manifest(spec.run_id, spec.created_at, configuration, {"tiles": planned_tiles})
     counted = {"rows_written": parquet_rows, "dead_letters": letters, "fetch_requests": to_fetch,
                "skipped_existing": skipped}
     if spec.bigquery_table:

@@ -113,17 +113,6 @@ def check_bigquery_table(spec: RunSpec) -> Optional[int]:
     return rows
 
 
-def planned_tile_count(spec: RunSpec) -> Optional[int]:
-    """Tiles x windows of the run, counted without materialising tiles (for progress ETA and the manifest)."""
-    from pipeline.dry_run import plan
-
-    try:
-        return plan(spec).requests
-    except Exception as error:  # pylint: disable=broad-except  # only progress reporting depends on it
-        LOGGER.warning("could not count tiles up front (%s); progress will not show an ETA", error)
-        return None
-
-
 def check_credentials(spec: RunSpec) -> None:
     """Earth Engine credentials that cannot work fail here, not in every worker's setup."""
     import os
@@ -209,10 +198,9 @@ def run(options: PipelineOptions, spec: RunSpec, wait: bool = True):
         LOGGER.info("skip-existing: reading tile keys from %d existing shard(s)", len(shards))
     if not translate_only and check_bigquery_table(spec):
         LOGGER.info("skip-existing: reading tile keys from BigQuery table %s", spec.bigquery_table)
-    planned = planned_tile_count(spec)
     options.view_as(SetupOptions).save_main_session = False
     pipeline = beam.Pipeline(options=options)
-    graph.build(pipeline, spec, shards, planned_tiles=planned, bigquery_temp=gcs_temp_location(options))
+    graph.build(pipeline, spec, shards, bigquery_temp=gcs_temp_location(options))
     result = pipeline.run()
     if wait:
         result.wait_until_finish()

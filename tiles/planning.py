@@ -314,8 +314,13 @@ def plan_requests(regions: Iterable[Region], windows: Sequence[TimeWindow], tile
 def plan_summary(regions: Iterable[Region], windows: Sequence[TimeWindow] = (), tile_px: int = DEFAULT_TILE_PX,
                  scale_m: float = DEFAULT_SCALE_M) -> PlanSummary:
     """Tile counts for ``--dry-run``; iterates shards, never a tile list, so memory stays bounded."""
+    return summarize_shards(plan_shards(regions, tile_px, scale_m), windows)
+
+
+def summarize_shards(shards: Iterable[PlanShard], windows: Sequence[TimeWindow] = ()) -> PlanSummary:
+    """Tile counts of already planned shards (so the launcher plans once for counting and for PlanTiles)."""
     summary = PlanSummary(windows=len(windows) if windows else 1)
-    for shard in plan_shards(regions, tile_px, scale_m):
+    for shard in shards:
         count = count_shard(shard)
         summary.shards += 1
         summary.tiles += count

@@ -73,7 +73,12 @@ class TileRequest:
     @property
     def key(self) -> str:
         """Unique key of one output row: the tile and the window."""
-        return f"{self.tile.tile_id}/{self.window.key}"
+        return row_key(self.tile.tile_id, self.window)
+
+
+def row_key(tile_id: str, window: TimeWindow) -> str:
+    """The one spelling of an output row's key (``TileRequest.key``, and the key of rows read back)."""
+    return f"{tile_id}/{window.key}"
 
 
 @dataclasses.dataclass

@@ -14,7 +14,8 @@ from typing import Any, Dict, List, Mapping, Optional
 import numpy as np
 import pyarrow as pa
 
-from tiles.records import Tile, TileRequest
+from tiles import records
+from tiles.records import Tile, TileRequest, TimeWindow
 
 GEOMETRY_COLUMN = "geometry"
 RUN_METADATA_KEY = b"dynamicvis.run"
@@ -141,7 +142,7 @@ def tile_centre(tile: Tile) -> tuple:
 
 def row_key(tile_id: str, start_date: dt.date, end_date: dt.date) -> str:
     """The unique key of an output row; equals `TileRequest.key` for the row's request."""
-    return f"{tile_id}/{start_date.isoformat()}_{end_date.isoformat()}"
+    return records.row_key(tile_id, TimeWindow(start_date, end_date))
 
 
 def _required(model_meta: Mapping[str, Any], name: str) -> Any:

@@ -157,9 +157,8 @@ class Fetcher:
                       suffix: str = "") -> List[Tuple[TileRequest, Result]]:
         self.metrics.inc(m.TILES_DEAD, len(block.requests))
         message = (str(error) or repr(error)) + suffix
-        return [(r, DeadLetter(key=r.key, tile_id=r.tile.tile_id, request_id=r.request_id, stage=STAGE,
-                               error_class=error_class(error), message=message, attempts=attempts))
-                for r in block.requests]
+        name = error_class(error)
+        return [(r, DeadLetter.for_request(r, STAGE, message, attempts, error_class=name)) for r in block.requests]
 
     @staticmethod
     def _collect(results: Dict[int, Result], items: List[Tuple[TileRequest, Result]]) -> None:

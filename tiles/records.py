@@ -105,11 +105,13 @@ class DeadLetter:
 
     @classmethod
     def for_request(cls, request: TileRequest, stage: str, error: BaseException | str,
-                    attempts: int = 1) -> "DeadLetter":
+                    attempts: int = 1, error_class: Optional[str] = None) -> "DeadLetter":
+        """The dead letter of `request`; `error_class` overrides the class name taken from `error`."""
         if isinstance(error, BaseException):
-            error_class, message = type(error).__name__, str(error)
+            default_class, message = type(error).__name__, str(error)
         else:
-            error_class, message = "Error", error
+            default_class, message = "Error", error
+        error_class = error_class or default_class
         return cls(key=request.key, tile_id=request.tile.tile_id, request_id=request.request_id,
                    stage=stage, error_class=error_class, message=message, attempts=attempts)
 

@@ -62,10 +62,9 @@ class ToRows(beam.DoFn):
         meta, prediction = keyed
         result: TileEmbedding = prediction.inference if isinstance(prediction, PredictionResult) else prediction
         if not result.ok:
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(
-                key=meta.request.key, tile_id=meta.request.tile.tile_id, request_id=meta.request.request_id,
-                stage="inference", error_class=result.error_class, message=result.error_message or "",
-                attempts=result.attempts))
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter.for_request(
+                meta.request, "inference", result.error_message or "", result.attempts,
+                error_class=result.error_class))
             return
         try:
             yield schema.encode_row(meta, result.embedding, result.metadata or {}, self._run,

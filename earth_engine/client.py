@@ -5,7 +5,7 @@ import logging
 import threading
 from typing import Any, Optional, Tuple
 
-from earth_engine.settings import EESettings
+from earth_engine.settings import EESettings, credential_kind
 
 _LOG = logging.getLogger(__name__)
 _SCOPES = ("https://www.googleapis.com/auth/earthengine", "https://www.googleapis.com/auth/cloud-platform")
@@ -48,9 +48,8 @@ def initialize(settings: EESettings) -> None:
         import ee
 
         credentials, project = _credentials(settings)
-        kind = settings.credentials if settings.credentials in ("adc", "anonymous") else "service-account-file"
-        _LOG.info("initialising Earth Engine: endpoint=%s project=%s credentials=%s",  # never the key's path
-                  settings.endpoint, project, kind)
+        _LOG.info("initialising Earth Engine: endpoint=%s project=%s credentials=%s",
+                  settings.endpoint, project, credential_kind(settings.credentials))
         ee.Initialize(credentials=credentials, project=project, url=settings.endpoint)
         ee.data.setMaxRetries(0)
         ee.data.setDeadline(int(settings.deadline_s * 1000))

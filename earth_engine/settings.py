@@ -102,3 +102,12 @@ class EESettings:
             raise ValueError("--ee-credentials anonymous needs an explicit EE project (--ee-project)")
         if self.deadline_s <= 0:
             raise ValueError(f"deadline_s must be > 0, got {self.deadline_s}")
+
+
+def credential_kind(credentials: Optional[str]) -> str:
+    """'adc' | 'anonymous' | 'service-account-file': what logs and manifests may say, never the key's path."""
+    if credentials in (None, "", "adc", "default"):
+        return "adc"
+    if credentials == "anonymous":
+        return "anonymous"
+    return "service-account-file"

@@ -10,20 +10,13 @@ import importlib.metadata
 import platform
 from typing import Any, Dict, Mapping, Optional
 
+from earth_engine.settings import credential_kind
+
 # Beam options worth recording (everything else, e.g. service account settings, stays out).
 _BEAM_OPTIONS = ("runner", "project", "region", "job_name", "direct_num_workers", "direct_running_mode",
                  "machine_type", "num_workers", "max_num_workers", "sdk_container_image", "experiments")
 _SECRET_WORDS = ("token", "secret", "password", "credential", "key_file", "private")
 _PACKAGES = ("apache-beam", "torch", "earthengine-api", "pyarrow", "numpy", "mmengine", "safetensors")
-
-
-def credential_kind(value: Optional[str]) -> str:
-    """'adc' | 'anonymous' | 'service-account-file' — never the path or the key itself."""
-    if value in (None, "", "adc", "default"):
-        return "adc"
-    if value == "anonymous":
-        return "anonymous"
-    return "service-account-file"
 
 
 def versions() -> Dict[str, Optional[str]]:

@@ -17,7 +17,6 @@ TYPICAL_LATENCY_S = 30.0
 class Plan:
     summary: object  # tiles.PlanSummary
     fetch: object  # earth_engine.FetchPlan
-    windows: int
     planning_s: float
 
     @property
@@ -50,4 +49,4 @@ def plan(spec: RunSpec) -> Plan:
     summary = plan_summary(spec.regions, spec.windows, spec.tile_px, spec.scale_m)
     fetch = earth_engine.plan_requests(summary.tile_requests, spec.tile_px, spec.s2,
                                        workers=spec.s2.expected_workers, latency_s=TYPICAL_LATENCY_S)
-    return Plan(summary=summary, fetch=fetch, windows=len(spec.windows), planning_s=time.monotonic() - started)
+    return Plan(summary=summary, fetch=fetch, planning_s=time.monotonic() - started)

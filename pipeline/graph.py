@@ -38,9 +38,8 @@ def run_configuration(spec: RunSpec) -> dict:
     """What goes in the manifest and in every shard's metadata (scrubbed of credentials)."""
     import dataclasses
 
-    return manifest_lib.run_configuration(
-        {**spec.our_options, "run_id": spec.run_id}, spec.beam_options,
-        dataclasses.asdict(spec.model) if dataclasses.is_dataclass(spec.model) else dict(vars(spec.model)))
+    return manifest_lib.run_configuration({**spec.our_options, "run_id": spec.run_id}, spec.beam_options,
+                                          dataclasses.asdict(spec.model))
 
 
 def existing_keys(pipeline: beam.Pipeline, spec: RunSpec, existing_shards: List[str]) -> Dict[str, Any]:

@@ -10,7 +10,7 @@ the job without submitting it); they have different dests.
 from __future__ import annotations
 
 import argparse
-from typing import Iterable, List, Sequence
+from typing import List, Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -129,7 +129,3 @@ def unknown_arguments(argv: Sequence[str]) -> List[str]:
     """Arguments neither Beam nor we know (Beam itself only logs and drops them)."""
     _, unknown = _all_options_parser().parse_known_args(list(argv))
     return [a for a in unknown if a.startswith("-")] or list(unknown)
-
-
-def parse(argv: Iterable[str]) -> PipelineOptions:
-    return PipelineOptions(list(argv))

@@ -67,7 +67,7 @@ def classify(exc: BaseException) -> ErrorKind:
 
 def error_class(exc: BaseException) -> str:
     """A stable name for dead letters: the HTTP status where there is one, else the exception type."""
-    status = http_status(exc)
-    if isinstance(exc, NoScenesError) or classify(exc) is ErrorKind.NO_SCENES:
+    if classify(exc) is ErrorKind.NO_SCENES:
         return "NoScenesError"
+    status = http_status(exc)
     return f"HTTP{status}" if status is not None else type(exc).__name__

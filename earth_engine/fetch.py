@@ -118,7 +118,7 @@ class Fetcher:
 
     def _count_error(self, exc: BaseException) -> None:
         status = http_status(exc)
-        if status == 429 or classify(exc) is ErrorKind.RATE_LIMITED:
+        if classify(exc) is ErrorKind.RATE_LIMITED:  # 429 included
             self.metrics.inc(m.RATE_LIMITED)
         elif status is not None and status >= 500:
             self.metrics.inc(m.SERVER_ERRORS)

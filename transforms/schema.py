@@ -15,7 +15,8 @@ import numpy as np
 import pyarrow as pa
 
 from tiles import records
-from tiles.records import Tile, TileRequest, TimeWindow
+from tiles.grid import tile_center_lonlat, tile_footprint_wgs84
+from tiles.records import TileRequest, TimeWindow
 
 GEOMETRY_COLUMN = "geometry"
 RUN_METADATA_KEY = b"dynamicvis.run"
@@ -121,22 +122,6 @@ def bigquery_table_parameters() -> Dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------------
-# Geometry
-# --------------------------------------------------------------------------------------------------
-
-def tile_footprint(tile: Tile):
-    """The tile's square in lon/lat (shapely Polygon, sides densified), from the tiling layer."""
-    from tiles.grid import tile_footprint_wgs84
-    return tile_footprint_wgs84(tile)
-
-
-def tile_centre(tile: Tile) -> tuple:
-    """(lon, lat) of the tile centre, from the tiling layer."""
-    from tiles.grid import tile_center_lonlat
-    return tile_center_lonlat(tile)
-
-
-# --------------------------------------------------------------------------------------------------
 # Rows
 # --------------------------------------------------------------------------------------------------
 
@@ -157,14 +142,14 @@ def encode_row(meta: TileMeta, embedding: np.ndarray, model_meta: Mapping[str, A
     """One output row as Python values matching `arrow_schema`."""
     request = meta.request
     tile = request.tile
-    lon, lat = tile_centre(tile)
+    lon, lat = tile_center_lonlat(tile)
     vector = np.asarray(embedding, dtype=np.float32).reshape(-1)
     row = {
         "tile_id": tile.tile_id,
         "request_id": request.request_id,
         "lon": lon,
         "lat": lat,
-        GEOMETRY_COLUMN: tile_footprint(tile).wkb,
+        GEOMETRY_COLUMN: tile_footprint_wgs84(tile).wkb,
         "crs": tile.crs,
         "transform": [float(v) for v in tile.transform],
         "tile_px": int(tile.tile_px),

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.scan import auto_scan_name, resolve_scan
+from models.scan import ScanFn, auto_scan_name, resolve_scan, selective_scan_reference
 
 
 @dataclass(frozen=True)
@@ -99,13 +99,13 @@ class MambaMixer(nn.Module):
     """Mamba (S6) mixer with the parameter layout of transformers' ``MambaMixer``.
 
     The selective scan is delegated to ``self.scan_fn(u, delta, A, Bm, C, D, z)`` (see ``models.scan``),
-    so faster backends can be swapped in without touching this module.
+    so faster backends can be swapped in (``DynamicVisBackbone.set_scan``) without touching this module.
     """
 
-    def __init__(self, dims: int, scan_fn, state_size: int = 16, expand: int = 2, conv_kernel: int = 4):
+    def __init__(self, dims: int, scan_fn: ScanFn = selective_scan_reference, state_size: int = 16,
+                 expand: int = 2, conv_kernel: int = 4):
         super().__init__()
         inner = dims * expand
-        self.inner_dims = inner
         self.state_size = state_size
         self.dt_rank = math.ceil(dims / 16)
         self.scan_fn = scan_fn
@@ -155,11 +155,11 @@ class MambaMixer(nn.Module):
 class MambaBlock(nn.Module):
     """Pre-norm Mamba over a token sequence (forward, or forward+reverse averaged) plus its own residual."""
 
-    def __init__(self, dims: int, path_type: str, scan_fn, eps: float = 1e-5):
+    def __init__(self, dims: int, path_type: str, eps: float = 1e-5):
         super().__init__()
         self.path_type = path_type
         self.pre_norm = RMSNorm(dims, eps)
-        self.mamba_layer = MambaMixer(dims, scan_fn)
+        self.mamba_layer = MambaMixer(dims)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.path_type == "forward":
@@ -179,14 +179,14 @@ class MambaBlock(nn.Module):
 class SpatialSparseMixer(nn.Module):
     """One DynamicVis block: softmax routing, top-k token selection, global row tokens, Mamba, residuals."""
 
-    def __init__(self, dims: int, keep_ratio: int, num_global_tokens: int, path_type: str, scan_fn,
+    def __init__(self, dims: int, keep_ratio: int, num_global_tokens: int, path_type: str,
                  sampling_scale: dict | None):
         super().__init__()
         self.keep_ratio = keep_ratio
         self.num_global_tokens = num_global_tokens
         self.sampling_scale = sampling_scale
         self.spatial_gate = nn.Linear(dims, 1, bias=False)
-        self.spatial_mamba_mixer = MambaBlock(dims, path_type, scan_fn)
+        self.spatial_mamba_mixer = MambaBlock(dims, path_type)
 
     def _selection_weights(self, logits: Tensor, weights: Tensor) -> Tensor:
         """Weights used to pick tokens: the routing weights, plus Gumbel noise in training (as upstream)."""
@@ -248,48 +248,48 @@ class DynamicVisBackbone(nn.Module):
         spec = ARCHS[self.arch]
         if not all(len(s) == 4 for s in (patch_sizes, strides, spatial_token_keep_ratios)):
             raise ValueError("patch_sizes, strides and spatial_token_keep_ratios need one entry per stage (4)")
-        bad = [i for i in out_indices if i not in range(4)]
-        if bad:
+        if any(i not in range(4) for i in out_indices):
             raise ValueError(f"out_indices {tuple(out_indices)} must be stage numbers in 0..3")
         self.img_size = int(img_size)
         self.in_channels = in_channels
         self.path_type = path_type
         self.sampling_scale = normalize_sampling_scale(sampling_scale)
         self.out_indices = tuple(out_indices)
-        self.scan = scan
-        scan_fn = resolve_scan(scan)
 
         self.layers = nn.ModuleList()
         size, in_dims = self.img_size, in_channels
-        self.grid_sizes: list[int] = []
         for stage, (dims, depth) in enumerate(zip(spec.channels, spec.depths)):
             patch_embed = PatchEmbed(in_dims, dims, patch_sizes[stage], strides[stage])
             size = patch_embed.output_size(size)
             if size < 1:
                 raise ValueError(f"img_size {img_size} is too small: stage {stage} would have no tokens")
-            self.grid_sizes.append(size)
             if stage == 0:
                 self.pos_embed = nn.Parameter(torch.zeros(1, size * size, dims))
             num_global = size if global_token_cfg.get("num", -1) == -1 else int(global_token_cfg["num"])
             blocks = nn.ModuleList(
-                SpatialSparseMixer(dims, spatial_token_keep_ratios[stage], num_global, path_type, scan_fn,
+                SpatialSparseMixer(dims, spatial_token_keep_ratios[stage], num_global, path_type,
                                    self.sampling_scale) for _ in range(depth))
             self.layers.append(nn.ModuleList([patch_embed, blocks, nn.LayerNorm(dims, eps=1e-6)]))
             in_dims = dims
         self.channels = spec.channels
         self._register_load_state_dict_pre_hook(self._resize_pos_embed_hook)
+        self.set_scan(scan)
 
     @property
     def out_channels(self) -> tuple[int, ...]:
         return tuple(self.channels[i] for i in self.out_indices)
 
     def set_scan(self, scan: str, device: torch.device | str | None = None) -> None:
-        """Switch every Mamba mixer to another scan backend (see ``models.scan.resolve_scan``)."""
-        scan_fn = resolve_scan(scan, device)
+        """Switch every Mamba mixer to another scan backend (see ``models.scan.resolve_scan``).
+
+        ``self.scan`` records the backend's name: for ``'auto'`` with a device, the one it picked.
+        """
+        name = auto_scan_name(device) if scan == "auto" and device is not None else scan
+        scan_fn = resolve_scan(name, device)
         for module in self.modules():
             if isinstance(module, MambaMixer):
                 module.scan_fn = scan_fn
-        self.scan = auto_scan_name(device) if scan == "auto" and device is not None else scan
+        self.scan = name
 
     def _resize_pos_embed_hook(self, state_dict, prefix, *args, **kwargs) -> None:
         key = prefix + "pos_embed"

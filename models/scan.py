@@ -180,7 +180,7 @@ def _optional_scan(name: str) -> ScanFn | None:
     return _OPTIONAL_SCANS[name]()
 
 
-def available_scans(device: "torch.device | str | None" = None) -> list[str]:
+def available_scans(device: torch.device | str | None = None) -> list[str]:
     """Backend names usable on ``device`` (optional ones only when they load)."""
     dev = torch.device(device) if device is not None else torch.device("cpu")
     names = ["reference", "chunked"]
@@ -191,7 +191,7 @@ def available_scans(device: "torch.device | str | None" = None) -> list[str]:
     return names
 
 
-def auto_scan_name(device: "torch.device | str | None" = None) -> str:
+def auto_scan_name(device: torch.device | str | None = None) -> str:
     """The fastest correct backend for a device: cuda kernel, else fused C on CPU, else chunked."""
     available = available_scans(device)
     for name in ("cuda", "cpu_fused", "chunked"):
@@ -200,12 +200,17 @@ def auto_scan_name(device: "torch.device | str | None" = None) -> str:
     return "reference"
 
 
+@functools.lru_cache(maxsize=None)
+def _auto_scan_for(device_type: str) -> ScanFn:
+    return resolve_scan(auto_scan_name(device_type), device_type)
+
+
 def selective_scan_auto(u, delta, A, Bm, C, D, z):
-    """Picks the fastest available backend for the tensors' device at every call."""
-    return resolve_scan(auto_scan_name(u.device), u.device)(u, delta, A, Bm, C, D, z)
+    """Runs the fastest available backend for the tensors' device type (looked up once per type)."""
+    return _auto_scan_for(u.device.type)(u, delta, A, Bm, C, D, z)
 
 
-def resolve_scan(name: str = "reference", device: "torch.device | str | None" = None) -> ScanFn:
+def resolve_scan(name: str = "reference", device: torch.device | str | None = None) -> ScanFn:
     """Return the scan function for a backend name.
 
     ``'auto'`` picks the fastest correct one for ``device`` (cuda kernel, else the fused C kernel on CPU,

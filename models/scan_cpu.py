@@ -1,9 +1,11 @@
 """Fused CPU selective scan: a small C kernel compiled on first use, called through ctypes.
 
 Why: on CPU every pure-PyTorch formulation of the scan materialises (B, E, L, N) float32 tensors several
-times (54 MB per DynamicVis block and tile), so it is bound by memory traffic. One fused loop per
-(batch, channel) keeps the 16-float state in a vector register and reads only the (B, E, L) and
-(B, L, N) inputs once. No torch headers or pybind11: the kernel takes raw float pointers, so it compiles
+times (54 MB per DynamicVis block and tile), so it is bound by memory traffic. One fused loop over tokens
+per (batch, block of 16 channels), the channels as vector lanes, keeps the state in registers and reads
+the inputs once, in the mixer's channels-last layout, with the D skip and SiLU gate fused (a per-(batch,
+channel) row kernel serves other layouts and state sizes up to 256). A fused causal conv + SiLU is
+provided for the mixer as well. No torch headers or pybind11: the kernel takes raw float pointers, so it compiles
 in well under a second with the system C compiler. Threads: OpenMP inside the library, with
 ``torch.get_num_threads()`` threads; libgomp.so.1 resolves to the copy torch already loaded, so the scan
 reuses torch's thread team (a separate Python thread pool fought torch's spin-waiting OpenMP workers
@@ -180,8 +182,6 @@ int selective_scan_cl_f32(const float *u, const float *delta, const float *z, in
     return 0;
 }
 
-/* OpenMP drivers: the library links libgomp.so.1, which resolves to the copy torch has already loaded,
-   so the scan shares torch's thread team instead of fighting its spinning workers for the cores. */
 /* SiLU(depthwise causal conv) in the mixer's (B, L, E) layout: x rows have leading dimension ld (the conv
    input is the first E columns of in_proj's output), wT: (K, E), out: (B, L, E) contiguous.
    out_t = silu(bias + sum_k w_k x_{t+k-K+1}), summed in k order like the tensor-op version. */
@@ -206,10 +206,10 @@ int causal_conv_silu_cl_f32(const float *x, int64_t ld, const float *wT, const f
     return 0;
 }
 
+/* OpenMP drivers: the library links libgomp.so.1, which resolves to the copy torch has already loaded,
+   so the scan shares torch's thread team instead of fighting its spinning workers for the cores. */
 int selective_scan_rows_f32(const float *, const float *, const float *, const float *, const float *,
                             float *, int64_t, int64_t, int64_t, int64_t, int64_t);
-int selective_scan_cl_f32(const float *, const float *, const float *, int64_t, const float *, const float *,
-                          const float *, const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t);
 
 int selective_scan_rows_f32_mt(const float *u, const float *delta, const float *A, const float *Bm,
                                const float *C, float *y, int64_t E, int64_t L, int64_t N,
@@ -294,15 +294,11 @@ def _load_library() -> ctypes.CDLL | None:
             raise OSError("loading the scan library turned on flush-to-zero")
     except (OSError, subprocess.SubprocessError):
         return None
-    fn = lib.selective_scan_rows_f32
-    fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 5
-    for fn in (lib.selective_scan_rows_f32_mt, lib.selective_scan_cl_f32_mt):
+    for fn in (lib.selective_scan_rows_f32_mt, lib.selective_scan_cl_f32_mt, lib.causal_conv_silu_cl_f32):
         fn.restype = ctypes.c_int
     lib.selective_scan_rows_f32_mt.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 5
     lib.selective_scan_cl_f32_mt.argtypes = ([ctypes.c_void_p] * 3 + [ctypes.c_int64] + [ctypes.c_void_p] * 5
                                              + [ctypes.c_int64] * 5)
-    lib.causal_conv_silu_cl_f32.restype = ctypes.c_int
     lib.causal_conv_silu_cl_f32.argtypes = [ctypes.c_void_p, ctypes.c_int64] + [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 5
     return lib
 
@@ -346,12 +342,12 @@ def load_cpu_fused_scan() -> Callable | None:
             return y.transpose(1, 2).to(dtype)
         if n_state > 256:
             raise ValueError("cpu_fused scan supports state sizes up to 256")
-        u32, d32 = (t.detach().float().contiguous() for t in (u, delta))
-        y = torch.empty_like(u32)
-        ptrs = [t.data_ptr() for t in (u32, d32, A32, B32, C32, y)]
+        u, delta = u.contiguous(), delta.contiguous()
+        y = torch.empty_like(u)
+        ptrs = [t.data_ptr() for t in (u, delta, A32, B32, C32, y)]
         run_split(row_kernel, ptrs, [channels, length, n_state], batch * channels)
-        y = y + u32 * D32[None, :, None]
-        return (y * F.silu(z.float())).to(dtype)
+        y = y + u * D32[None, :, None]
+        return (y * F.silu(z)).to(dtype)
 
     def causal_conv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """silu(depthwise causal conv) of x (B, L, E) float32 whose rows may be wider (stride(1) >= E)."""

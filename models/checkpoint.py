@@ -9,6 +9,7 @@ only real tensors are taken from the state dict (a tensor slot holding a placeho
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import json
 import math
@@ -19,11 +20,12 @@ import tempfile
 import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 
 from models.backbone import ARCHS, DynamicVisBackbone, canonical_arch
+from models.config import default_cache_dir
 
 
 class CheckpointError(ValueError):
@@ -294,10 +296,8 @@ def fetch_gcs(bucket_name: str, name: str, cache_dir: Path) -> Path:
         raise CheckpointError(f"gs://{bucket_name}/{name} does not exist")
     target = cache_dir / "downloads" / "gs" / bucket_name / str(blob.generation) / name
     if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp:
-            blob.download_to_filename(tmp.name)
-        os.replace(tmp.name, target)
+        with _atomic_output(target) as tmp:
+            blob.download_to_filename(str(tmp))
     return target
 
 
@@ -327,15 +327,23 @@ def file_sha256(path: Path, cache_dir: Path) -> str:
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 22), b""):
             digest.update(block)
-    _atomic_write_text(memo, digest.hexdigest())
+    with _atomic_output(memo) as tmp:
+        tmp.write_text(digest.hexdigest())
     return digest.hexdigest()
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False) as tmp:
-        tmp.write(text)
-    os.replace(tmp.name, path)
+@contextlib.contextmanager
+def _atomic_output(target: Path) -> Iterator[Path]:
+    """A temporary file beside ``target`` that replaces it when the block succeeds (concurrent workers
+    never see a partial file) and is removed when it fails."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
+    os.close(handle)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, target)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------------ converted cache
@@ -344,13 +352,12 @@ def load_backbone_weights(checkpoint: str, arch: str = "auto", cache_dir: Path |
     """Checked backbone weights of a checkpoint, via a backbone-only safetensors cache keyed by sha256."""
     from safetensors.torch import load_file, save_file
 
-    from models.config import default_cache_dir
-
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     local = resolve_source(checkpoint, cache_dir)
     sha256 = file_sha256(local.path, cache_dir)
     converted = cache_dir / "converted" / f"{sha256}.safetensors"
-    if converted.is_file():
+    cached = converted.is_file()
+    if cached:
         state = load_file(converted)
     else:
         if local.path.suffix == ".safetensors":
@@ -363,11 +370,8 @@ def load_backbone_weights(checkpoint: str, arch: str = "auto", cache_dir: Path |
             state = extract_backbone_state_dict(safe_torch_load(local.path), local.source)
     chosen = canonical_arch(arch) if arch != "auto" else infer_arch(local.file, state)
     check_state_dict(state, chosen, local.source)
-    if not converted.is_file():
-        converted.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=converted.parent, suffix=".tmp", delete=False) as tmp:
-            pass
-        save_file(state, tmp.name, metadata={"source": local.source, "sha256": sha256,
-                                             "arch": chosen, "keys": json.dumps(len(state))})
-        os.replace(tmp.name, converted)
+    if not cached:
+        with _atomic_output(converted) as tmp:
+            save_file(state, str(tmp), metadata={"source": local.source, "sha256": sha256,
+                                                 "arch": chosen, "keys": json.dumps(len(state))})
     return state, CheckpointInfo(local.source, local.repo, local.file, sha256, chosen)

@@ -5,6 +5,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 DEFAULT_HF_REPO = "KyanChen/DynamicVis"
 DEFAULT_CKPT_FILE = "pretrain_dynamicvis_b_bf16_mamba_best_single-label_f1-score_epoch_170.pth"
@@ -27,11 +28,32 @@ def _env_bool(name: str, value: str) -> bool:
     raise ValueError(f"{name}={value!r} is not a boolean; use 1/0, true/false, yes/no")
 
 
-def _env_number(name: str, value: str, kind: type):
-    try:
-        return kind(value)
-    except ValueError:
-        raise ValueError(f"{name}={value!r} is not a valid {kind.__name__}") from None
+def _env_number(kind: type) -> Callable[[str, str], Any]:
+    def parse(name: str, value: str):
+        try:
+            return kind(value)
+        except ValueError:
+            raise ValueError(f"{name}={value!r} is not a valid {kind.__name__}") from None
+    return parse
+
+
+def _env_text(name: str, value: str) -> str:
+    return value
+
+
+# RS_EMBED_DYNAMICVIS_<knob> -> (ModelConfig field, parser(variable name, value)); HF_REPO and CKPT_FILE
+# together make ``checkpoint`` (see ModelConfig.from_env).
+_ENV_FIELDS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
+    "IMG": ("img_size", _env_number(int)),
+    "ARCH": ("arch", lambda name, value: value.lower()),
+    "PATH_TYPE": ("path_type", _env_text),
+    "SAMPLING_SCALE": ("sampling_scale", _env_number(float)),
+    "MAMBA2": ("mamba2", _env_bool),
+    "REPO_PATH": ("upstream_repo_path", _env_text),
+    "AUTO_DOWNLOAD_REPO": ("upstream_auto_download", _env_bool),
+    "REPO_URL": ("upstream_repo_url", _env_text),
+    "REPO_CACHE": ("upstream_repo_cache", _env_text),
+}
 
 
 def default_cache_dir() -> Path:
@@ -101,24 +123,10 @@ class ModelConfig:
             values["checkpoint"] = ckpt_file
         elif repo or ckpt_file:
             values["checkpoint"] = f"hf://{repo or DEFAULT_HF_REPO}/{ckpt_file or DEFAULT_CKPT_FILE}"
-        if get("IMG"):
-            values["img_size"] = _env_number(ENV_PREFIX + "IMG", get("IMG"), int)
-        if get("ARCH"):
-            values["arch"] = get("ARCH").lower()
-        if get("PATH_TYPE"):
-            values["path_type"] = get("PATH_TYPE")
-        if get("SAMPLING_SCALE"):
-            values["sampling_scale"] = _env_number(ENV_PREFIX + "SAMPLING_SCALE", get("SAMPLING_SCALE"), float)
-        if get("MAMBA2") is not None:
-            values["mamba2"] = _env_bool(ENV_PREFIX + "MAMBA2", get("MAMBA2"))
-        if get("REPO_PATH"):
-            values["upstream_repo_path"] = get("REPO_PATH")
-        if get("AUTO_DOWNLOAD_REPO") is not None:
-            values["upstream_auto_download"] = _env_bool(ENV_PREFIX + "AUTO_DOWNLOAD_REPO", get("AUTO_DOWNLOAD_REPO"))
-        if get("REPO_URL"):
-            values["upstream_repo_url"] = get("REPO_URL")
-        if get("REPO_CACHE"):
-            values["upstream_repo_cache"] = get("REPO_CACHE")
+        for knob, (field_name, parse) in _ENV_FIELDS.items():
+            value = get(knob)
+            if value is not None:
+                values[field_name] = parse(ENV_PREFIX + knob, value)
         unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise TypeError(f"unknown ModelConfig fields: {sorted(unknown)}")

@@ -1,6 +1,8 @@
 """Preprocessing (bit for bit), ModelConfig environment handling, the embedder API, upstream-code opt-in."""
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -126,6 +128,11 @@ class DynamicVisBackbone(_Ours):
 '''
 
 
+def _upstream_modules() -> list[str]:
+    """Names of the (fake) official package's modules currently imported."""
+    return [name for name in sys.modules if name == "dynamicvis" or name.startswith("dynamicvis.")]
+
+
 def _fake_checkout(root, source):
     package = root / "dynamicvis" / "models"
     package.mkdir(parents=True)
@@ -136,34 +143,30 @@ def _fake_checkout(root, source):
 
 
 def test_upstream_code_opt_in_imports_from_checkout(recipe_checkpoint_b64, tmp_path, model_cache, clean_env):
-    import sys
-
     checkout = _fake_checkout(tmp_path / "DynamicVis", FAKE_UPSTREAM)
     clean_env.setenv("RS_EMBED_DYNAMICVIS_REPO_PATH", str(checkout))
     clean_env.setattr(sys, "path", list(sys.path))
-    for name in [n for n in sys.modules if n == "dynamicvis" or n.startswith("dynamicvis.")]:
+    for name in _upstream_modules():
         clean_env.delitem(sys.modules, name)
     embedder = DynamicVisEmbedder.from_config(checkpoint=str(recipe_checkpoint_b64), img_size=64, device="cpu",
                                               scan="reference")
     assert embedder.model.backbone.from_fake_checkout and embedder.metadata["implementation"] == "upstream"
     golden = load_golden("dynamicvis_b_img64_hot.npz")
     assert embedder.embed_preprocessed(golden["input"])["pooled"].shape == (2, 768)
-    for name in [n for n in sys.modules if n == "dynamicvis" or n.startswith("dynamicvis.")]:
+    for name in _upstream_modules():
         del sys.modules[name]
 
 
 def test_upstream_code_import_failure_lists_missing_packages(tmp_path, clean_env):
-    import sys
-
     from models.upstream import UpstreamCodeError, import_upstream_backbone_class
 
     checkout = _fake_checkout(tmp_path / "Broken", "import mmdet_not_installed_here\n")
     clean_env.setattr(sys, "path", list(sys.path))
-    for name in [n for n in sys.modules if n == "dynamicvis" or n.startswith("dynamicvis.")]:
+    for name in _upstream_modules():
         clean_env.delitem(sys.modules, name)
     with pytest.raises(UpstreamCodeError, match=r"Missing packages: .*mmdet_not_installed_here"):
         import_upstream_backbone_class(checkout)
-    for name in [n for n in sys.modules if n == "dynamicvis" or n.startswith("dynamicvis.")]:
+    for name in _upstream_modules():
         del sys.modules[name]
 
 

@@ -22,7 +22,7 @@ import contextlib
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -31,8 +31,8 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from models.backbone import DynamicVisBackbone  # noqa: E402
-from models.recipe import recipe_state_dict  # noqa: E402
-from models.runtime import configure_numerics  # noqa: E402
+from models.recipe import recipe_backbone  # noqa: E402
+from models.runtime import autocast_for, configure_numerics  # noqa: E402
 from models.scan import auto_scan_name, available_scans  # noqa: E402
 
 
@@ -42,12 +42,10 @@ class FastPath:
     precision: str                      # 'fp32' or 'bf16' (autocast)
     batch: int
     compile: bool = False
-    options: dict = field(default_factory=dict)
 
     @property
     def label(self) -> str:
-        extra = "".join(f" {k}={v}" for k, v in self.options.items())
-        return f"{self.scan:<9} {self.precision:<4} b={self.batch:<3}{' compiled' if self.compile else ''}{extra}"
+        return f"{self.scan:<9} {self.precision:<4} b={self.batch:<3}{' compiled' if self.compile else ''}"
 
 
 @dataclass
@@ -60,10 +58,8 @@ class Result:
 
 
 def build_model(arch: str, img_size: int, device: torch.device, hot: bool = False) -> DynamicVisBackbone:
-    model = DynamicVisBackbone(arch=arch, img_size=img_size, path_type="forward_reverse_mean",
-                               sampling_scale=dict(type="fixed", val=0.1), out_indices=(3,), scan="reference")
-    model.load_state_dict(recipe_state_dict(arch, img_size, hot=hot))
-    return model.eval().to(device)
+    """The default (released) configuration with recipe weights, last stage only."""
+    return recipe_backbone(arch, img_size, hot, out_indices=(3,)).to(device)
 
 
 def make_tiles(n: int, img_size: int) -> torch.Tensor:
@@ -133,9 +129,7 @@ def sync(device: torch.device) -> None:
 
 
 def pooled(model: torch.nn.Module, x: torch.Tensor, precision: str, device: torch.device) -> torch.Tensor:
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
-                else contextlib.nullcontext())
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), autocast_for(precision, device):
         last = model(x)[-1]
     return last.float().mean(dim=(2, 3))
 
@@ -233,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         tiles_for = {b: make_tiles(b, args.img_size) for b in (1, 8, 32, 64)}
     for path in default_paths(device, args):
-        model.set_scan(path.scan, **path.options) if path.options else model.set_scan(path.scan)
+        model.set_scan(path.scan)
         module = torch.compile(model) if path.compile else model
         reset_peak_memory(device)
         if device.type == "cuda" and path.batch > len(tiles):

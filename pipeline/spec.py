@@ -77,6 +77,7 @@ def resolve(options: PipelineOptions, now: Optional[dt.datetime] = None) -> RunS
     """Validate options into a RunSpec, or raise InputError saying what to fix."""
     import earth_engine
     import models
+    from tiles.grid import validate_grid
     from tiles.regions import load_regions
     from tiles.time_windows import parse_windows
 
@@ -96,8 +97,6 @@ def resolve(options: PipelineOptions, now: Optional[dt.datetime] = None) -> RunS
     if ours["img_size"] is not None:
         _positive("img_size", ours["img_size"], 32)
     _check_checkpoint(ours["checkpoint"])
-
-    from tiles.grid import validate_grid
     validate_grid(ours["tile_px"], ours["scale_m"])
     regions = load_regions(bbox=ours["bbox"], geojson=ours["geojson"], points=ours["points"],
                            buffer_m=ours["buffer_m"], request_id=ours["request_id"])

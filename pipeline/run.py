@@ -130,7 +130,10 @@ def check_credentials(spec: RunSpec) -> None:
             raise InputError("no Application Default Credentials for Earth Engine: run `gcloud auth "
                              "application-default login`, or pass --ee-credentials KEY.json "
                              "(or --ee-credentials anonymous --ee-project P for a local test server)") from None
-    elif not spec.ee.credentials.startswith("gs://") and not os.path.isfile(kind):
+    elif "://" in kind:
+        raise InputError(f"--ee-credentials {kind!r}: a key file must be a local path; on Dataflow use 'adc' "
+                         "(the worker service account) rather than shipping a key")
+    elif not os.path.isfile(kind):
         raise InputError(f"--ee-credentials {kind!r} is neither 'adc', 'anonymous' nor a readable key file")
 
 

@@ -174,6 +174,8 @@ def test_bad_dates(case, changes, expected, launch_refused, argv):
                                                               "--ee-project"]),
     ("missing key file", {"ee_credentials": "/nonexistent/key.json"}, [],
      ["--ee-credentials", "neither 'adc', 'anonymous' nor a readable key file"]),
+    ("key file in GCS", {"ee_credentials": "gs://bucket/key.json"}, [],
+     ["--ee-credentials 'gs://bucket/key.json'", "must be a local path", "'adc'"]),
     ("bad BigQuery table", {"bigquery_table": "just_a_table"}, [], ["expected PROJECT:DATASET.TABLE"]),
 ])
 def test_bad_options(case, changes, extra, expected, launch_refused, argv):

@@ -170,16 +170,22 @@ def test_gcs_output_on_the_emulator(fake_ee, recipe_checkpoint_b64, gcs_bucket, 
 
 @pytest.mark.slow
 def test_multi_processing_direct_runner_shares_the_model(fake_ee, recipe_checkpoint_b64, tmp_path, model_cache):
-    """Two SDK processes (subprocess, as a user would run it); the model is served by one shared process."""
+    """Two SDK processes (subprocess, as a user would run it); the model is loaded once and served to both.
+
+    The launcher runs with INFO logging, so the workers' "loaded DynamicVis" lines (one per model load)
+    reach its stderr; without sharing there would be one per SDK process."""
     output = tmp_path / "out"
-    argv = _argv(fake_ee, recipe_checkpoint_b64, output, "--bbox", "8.0,47.0,8.003,47.002",
+    argv = _argv(fake_ee, recipe_checkpoint_b64, output, "--bbox", "8.0,47.0,8.01,47.01",
                  "--direct_running_mode=multi_processing", "--direct_num_workers=2")
     env = {**os.environ, "PYTHONPATH": REPO, "TMPDIR": "/tmp", "DYNAMICVIS_CACHE_DIR": str(model_cache)}
-    proc = subprocess.run([sys.executable, "-m", "pipeline", *argv], cwd=REPO, env=env, capture_output=True,
+    launcher = "import logging; logging.basicConfig(level=logging.INFO); from pipeline.__main__ import main; main()"
+    proc = subprocess.run([sys.executable, "-c", launcher, *argv], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     expected, _ = _expected_requests(argv)
     _, rows = _read_rows(output)
     keys = [f"{r['tile_id']}/{r['start_date']}_{r['end_date']}" for r in rows]
     assert sorted(keys) == sorted(expected)
+    assert len(expected) == 20  # both SDK processes get bundles: with sharing off, this run logs two loads
     assert "tiles embedded" in proc.stdout
+    assert proc.stderr.count("loaded DynamicVis") == 1, proc.stderr[-4000:]

@@ -55,9 +55,14 @@ class EmbedderService:
     """What the shared model process holds: a `models.DynamicVisEmbedder` behind a pickle-friendly API."""
 
     def __init__(self, config) -> None:
+        import os
+
         import models
 
         self._embedder = models.DynamicVisEmbedder(config)
+        meta = self._embedder.metadata
+        LOGGER.info("loaded DynamicVis %s (img %s, scan %s, %s) in process %d", meta["arch"], meta["img"],
+                    meta["scan"], meta["precision"], os.getpid())
 
     def embed(self, batch: np.ndarray, pooling: str, grid: bool) -> Dict[str, Optional[np.ndarray]]:
         out = self._embedder.embed(batch, pooling=pooling, grid=grid)

@@ -149,10 +149,14 @@ def check_runner(options: PipelineOptions) -> None:
             raise InputError(f"--runner {name!r} is not a Beam runner: {error}") from None
 
 
+def runner_name(options: PipelineOptions) -> str:
+    """The runner the pipeline will use (Beam's default when --runner is not given)."""
+    return options.view_as(StandardOptions).runner or "DirectRunner"
+
+
 def runs_locally(options: PipelineOptions) -> bool:
     """Whether the workers share this machine's file system (DirectRunner and friends)."""
-    runner = options.view_as(StandardOptions).runner or "DirectRunner"
-    return runner.split(".")[-1] in ("DirectRunner", "PrismRunner", "InteractiveRunner", "SwitchingDirectRunner")
+    return runner_name(options).split(".")[-1] in ("DirectRunner", "PrismRunner", "InteractiveRunner", "SwitchingDirectRunner")
 
 
 def check_model(spec: RunSpec, options: PipelineOptions) -> None:
@@ -232,8 +236,7 @@ def launch(argv: Sequence[str]) -> int:
 
             print(plan(spec).report())
             return 0
-        runner = options.view_as(StandardOptions).runner or "DirectRunner"
-        LOGGER.info("run %s on %s -> %s", spec.run_id, runner, spec.output)
+        LOGGER.info("run %s on %s -> %s", spec.run_id, runner_name(options), spec.output)
         result = run(options, spec)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -23,7 +23,8 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 
 LOGGER = logging.getLogger(__name__)
 METRICS_NAMESPACE = "dynamicvis"
-DEFAULT_GPU_HINT = "type:nvidia-l4;count:1;install-nvidia-driver"
+_GPU_HINT = "type:{};count:1;install-nvidia-driver"
+DEFAULT_GPU_HINT = _GPU_HINT.format("nvidia-l4")
 
 
 def accelerator_hint(gpu: Optional[str]) -> Optional[str]:
@@ -32,7 +33,7 @@ def accelerator_hint(gpu: Optional[str]) -> Optional[str]:
         return None
     if "type:" in gpu:
         return gpu
-    return f"type:{gpu};count:1;install-nvidia-driver"
+    return _GPU_HINT.format(gpu)
 
 
 @dataclasses.dataclass

@@ -124,14 +124,13 @@ class _Audit:
             return None
         found = []
         if self.foreign:
-            found.append(f"globals outside the allowlist: {', '.join(self.foreign)}")
+            found.append(f"names globals outside the allowlist ({', '.join(self.foreign)})")
         if self.calls:
-            found.append(f"calls of returned objects: {', '.join(dict.fromkeys(self.calls))}")
+            found.append(f"calls what {', '.join(dict.fromkeys(self.calls))} returned")
         return CheckpointRefusedError(
-            f"refused {path}: its pickle names {'; '.join(found)}; loading it with torch.load would have run "
-            "that code. Nothing ran (each such global was replaced by an inert placeholder). Use the official "
-            f"checkpoint ({DEFAULT_CHECKPOINT}) or, if you trust the file's origin, save its state_dict as "
-            ".safetensors and pass that file")
+            f"refused {path}: its pickle {' and '.join(found)}, so torch.load would have run code; nothing ran "
+            f"(those globals became inert placeholders). Use the official checkpoint ({DEFAULT_CHECKPOINT}) or, "
+            "if you trust the file's origin, save its state_dict as .safetensors and pass that file")
 
 
 def _allowed_global(module: str, name: str):

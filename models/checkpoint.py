@@ -4,7 +4,12 @@ Official DynamicVis files are mmengine training checkpoints whose pickle referen
 mmengine's HistoryBuffer and ``builtins.getattr``. ``weights_only=True`` refuses them, and allow-listing
 ``getattr`` would re-open code execution (``getattr(builtins, 'eval')``). So the unpickler here resolves
 every global outside a tiny tensor-rebuilding allowlist to an inert placeholder class that runs nothing;
-only real tensors are taken from the state dict (a tensor slot holding a placeholder is an error).
+only real tensors are taken from the state dict (a tensor slot holding a placeholder is an error). A pickle
+that names globals beyond what weight files use (``INERT_GLOBALS``), or calls an object it built (how
+``getattr(x, 'eval')(...)`` would run code), is refused with a ``CheckpointRefusedError`` saying so.
+
+Hugging Face checkpoints are looked up in every hub cache a user may already have (``hf_cache_dirs``)
+before anything is downloaded.
 """
 from __future__ import annotations
 

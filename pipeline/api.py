@@ -18,6 +18,7 @@ import datetime as dt
 import functools
 import logging
 import math
+import numbers
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -68,9 +69,9 @@ class TemporalSpec:
         if self.end <= self.start:
             raise SpecError(f"TemporalSpec.range: end {self.end} must be after start {self.start} (end is "
                             f"exclusive: for one day use end={(self.start + dt.timedelta(days=1)).isoformat()!r})")
-        if self.start < S2_SR_HARMONIZED_START:
-            raise SpecError(f"TemporalSpec: start {self.start} is before Sentinel-2 surface reflectance is "
-                            f"available ({S2_SR_HARMONIZED_START}); start on {S2_SR_HARMONIZED_START} or later")
+        if self.end <= S2_SR_HARMONIZED_START:
+            raise SpecError(f"TemporalSpec [{self.start}, {self.end}) ends before Sentinel-2 surface reflectance "
+                            f"is available ({S2_SR_HARMONIZED_START}); choose a window ending after that")
 
     @classmethod
     def range(cls, start: Union[str, dt.date], end: Union[str, dt.date]) -> "TemporalSpec":
@@ -152,12 +153,10 @@ class SensorSpec:
             raise SpecError(f"SensorSpec bands {bands} cannot be served: the model takes RGB as "
                             f"{S2_RGB_BANDS} in that order; omit bands or pass {S2_RGB_BANDS}")
         object.__setattr__(self, "bands", bands)
-        if isinstance(self.scale_m, bool) or not isinstance(self.scale_m, (int, float)) \
-                or not math.isfinite(self.scale_m) or self.scale_m <= 0:
+        if not _finite(self.scale_m) or self.scale_m <= 0:
             raise SpecError(f"SensorSpec scale_m={self.scale_m!r}: metres per pixel, a positive number (10 is "
                             "Sentinel-2's RGB resolution)")
-        if isinstance(self.cloudy_pct, bool) or not isinstance(self.cloudy_pct, (int, float)) \
-                or not 0 <= self.cloudy_pct <= 100:
+        if not _finite(self.cloudy_pct) or not 0 <= self.cloudy_pct <= 100:
             raise SpecError(f"SensorSpec cloudy_pct={self.cloudy_pct!r}: a percentage in [0, 100]")
         if self.composite not in COMPOSITES:
             raise SpecError(f"SensorSpec composite={self.composite!r}: use one of {COMPOSITES}")
@@ -209,12 +208,16 @@ def _spec_errors(fn):
     return wrapper
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _check_spatials(spatials: Sequence[Any]) -> None:
     """Refuse, before anything is fetched, a spec that is not a PointBuffer/BBox or has impossible values."""
     for spatial in spatials:
         if isinstance(spatial, PointBuffer):
             lon, lat, buffer_m = spatial.lon, spatial.lat, spatial.buffer_m
-            if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (lon, lat, buffer_m)):
+            if not all(_finite(v) for v in (lon, lat, buffer_m)):
                 raise SpecError(f"{spatial}: lon, lat and buffer_m must be finite numbers")
             if not (-180 <= lon <= 180 and -90 <= lat <= 90):
                 raise SpecError(f"{spatial}: lon must be in [-180, 180] and lat in [-90, 90] (lon first)")
@@ -222,7 +225,7 @@ def _check_spatials(spatials: Sequence[Any]) -> None:
                 raise SpecError(f"{spatial}: buffer_m must be > 0 (half the side of the patch, metres)")
         elif isinstance(spatial, BBox):
             values = (spatial.minlon, spatial.minlat, spatial.maxlon, spatial.maxlat)
-            if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+            if not all(_finite(v) for v in values):
                 raise SpecError(f"{spatial}: bounds must be finite numbers")
             if not (-180 <= spatial.minlon < spatial.maxlon <= 180 and -90 <= spatial.minlat < spatial.maxlat <= 90):
                 raise SpecError(f"{spatial}: needs -180 <= minlon < maxlon <= 180 and -90 <= minlat < maxlat <= 90 "

@@ -142,6 +142,19 @@ def test_errors_are_our_own_classes(fake_ee, config, tmp_path):
                                model_config=config.replace(checkpoint=str(tmp_path / "missing.pth")))
 
 
+def test_no_earth_engine_connection_is_a_provider_error_saying_what_to_do(fake_ee, config, monkeypatch, tmp_path):
+    import ee
+
+    from earth_engine import client
+
+    monkeypatch.setattr(ee.data, "is_initialized", lambda: False)   # as in a fresh process
+    monkeypatch.setattr(client, "_initialized_with", None)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "no-key.json"))
+    with pytest.raises(ProviderError, match=r"could not connect to Earth Engine .*ee\.Initialize\(project=\.\.\.\)"):
+        pipeline.get_embedding(spatial=PointBuffer(8.0, 47.0, 160), temporal=TEMPORAL, model_config=config)
+    assert not fake_ee.server.calls
+
+
 def test_batch_returns_one_per_spec_and_names_failures(fake_ee, config):
     from tiles.grid import tile_bounds_utm
 

@@ -170,7 +170,8 @@ def test_every_flag_that_help_or_an_error_message_suggests_exists(capsys):
     assert not _parser_knows("--repair-geometry")  # the check itself can fail
 
 
-def test_help_lists_every_scan_backend(capsys):
+def test_help_lists_every_scan_backend_and_only_real_precisions(capsys):
+    from models.config import ModelConfig
     from models.scan import _OPTIONAL_SCANS, SCANS
 
     assert launch(["--help"]) == 0
@@ -178,3 +179,6 @@ def test_help_lists_every_scan_backend(capsys):
     scan_help = out.rsplit("--scan SCAN", 1)[1].split("--precision", 1)[0]  # the option, not the usage line
     for name in ["auto", *SCANS, *_OPTIONAL_SCANS]:
         assert re.search(rf"\b{name}\b", scan_help), (name, scan_help)
+    precision_help = out.rsplit("--precision PRECISION", 1)[1].split("--device", 1)[0].split("(default")[0]
+    for value in precision_help.split("|"):
+        ModelConfig(precision=value.strip())  # each value the help names is accepted

@@ -341,7 +341,10 @@ def find_in_hf_caches(repo: str, file: str) -> Path | None:
     from huggingface_hub import try_to_load_from_cache
 
     for cache in hf_cache_dirs():
-        found = try_to_load_from_cache(repo_id=repo, filename=file, cache_dir=str(cache))
+        try:
+            found = try_to_load_from_cache(repo_id=repo, filename=file, cache_dir=str(cache))
+        except ValueError:  # a repo id the hub refuses: hf_hub_download will say so
+            return None
         if isinstance(found, str) and os.path.isfile(found):
             return Path(found)
     return None

@@ -4,7 +4,12 @@ Official DynamicVis files are mmengine training checkpoints whose pickle referen
 mmengine's HistoryBuffer and ``builtins.getattr``. ``weights_only=True`` refuses them, and allow-listing
 ``getattr`` would re-open code execution (``getattr(builtins, 'eval')``). So the unpickler here resolves
 every global outside a tiny tensor-rebuilding allowlist to an inert placeholder class that runs nothing;
-only real tensors are taken from the state dict (a tensor slot holding a placeholder is an error).
+only real tensors are taken from the state dict (a tensor slot holding a placeholder is an error). A pickle
+that names globals beyond what weight files use (``INERT_GLOBALS``), or calls an object it built (how
+``getattr(x, 'eval')(...)`` would run code), is refused with a ``CheckpointRefusedError`` saying so.
+
+Hugging Face checkpoints are looked up in every hub cache a user may already have (``hf_cache_dirs``)
+before anything is downloaded.
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ from typing import Any, Iterator, Mapping
 import torch
 
 from models.backbone import ARCHS, DynamicVisBackbone, canonical_arch
-from models.config import default_cache_dir
+from models.config import DEFAULT_CHECKPOINT, default_cache_dir
 
 
 class CheckpointError(ValueError):
@@ -33,13 +38,34 @@ class CheckpointError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------- unpickling
+class CheckpointRefusedError(CheckpointError):
+    """A checkpoint whose pickle would run code under ``torch.load``; nothing of it was run."""
+
+
+# Globals that official (mmengine) checkpoints name besides tensors, in their metadata (message hub, numpy
+# scalars, config): accepted, but resolved to inert placeholders, never to the real objects. Python 2 names
+# (``__builtin__``) are mapped to Python 3 ones first. ``builtins.getattr`` is here because mmengine's
+# HistoryBuffer pickles ``getattr(HistoryBuffer, 'min')``; what makes it dangerous, calling its result, is
+# caught separately (see ``_Audit``).
+INERT_GLOBALS = frozenset({
+    "mmengine.logging.history_buffer.HistoryBuffer", "mmengine.config.config.ConfigDict",
+    "mmengine.config.config.Config", "numpy._core.multiarray._reconstruct", "numpy.core.multiarray._reconstruct",
+    "numpy._core.multiarray.scalar", "numpy.core.multiarray.scalar", "numpy.ndarray", "numpy.dtype",
+    "_codecs.encode", "builtins.getattr", "builtins.set", "builtins.frozenset", "builtins.slice",
+    "collections.defaultdict", "argparse.Namespace",
+})
+
+
 class InertGlobal:
-    """Stand-in for any pickled global outside the allowlist: constructing or filling it runs no code."""
+    """Stand-in for any pickled global outside the tensor allowlist: constructing or filling it runs no code."""
 
     qualified_name = "?"
+    audit: "_Audit | None" = None
 
     def __new__(cls, *args, **kwargs):
-        return object.__new__(cls)
+        instance = object.__new__(cls)
+        instance.origin = f"{cls.qualified_name}({_summarise(args)})"
+        return instance
 
     def __init__(self, *args, **kwargs):
         pass
@@ -56,18 +82,60 @@ class InertGlobal:
     def extend(self, values):
         pass
 
+    def __call__(self, *args, **kwargs):
+        """Only a pickle that runs code calls what a call returned (e.g. ``getattr(x, 'eval')(...)``)."""
+        if self.audit is not None:
+            self.audit.calls.append(self.origin)
+        result = object.__new__(type(self))
+        result.origin = f"{self.origin}({_summarise(args)})"
+        return result
+
     def __repr__(self) -> str:
         return f"<inert {self.qualified_name}>"
 
 
-_placeholder_types: dict[str, type] = {}
+def _summarise(args: tuple) -> str:
+    return ", ".join(repr(a)[:40] if isinstance(a, (str, int, float)) else "…" for a in args)
 
 
-def _placeholder(module: str, name: str) -> type:
-    qualified = f"{module}.{name}"
-    if qualified not in _placeholder_types:
-        _placeholder_types[qualified] = type(f"Inert[{qualified}]", (InertGlobal,), {"qualified_name": qualified})
-    return _placeholder_types[qualified]
+class _Audit:
+    """One load: resolves globals (the allowlist's real objects, else inert placeholders) and records what a
+    code-running pickle gives away: globals outside both lists, and calls of placeholder instances."""
+
+    def __init__(self) -> None:
+        self.foreign: dict[str, None] = {}   # ordered set
+        self.calls: list[str] = []
+        self._types: dict[str, type] = {}
+
+    def resolve(self, module: str, name: str):
+        import _compat_pickle
+
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+        real = _allowed_global(module, name)
+        if real is not None:
+            return real
+        qualified = f"{module}.{name}"
+        if qualified not in INERT_GLOBALS:
+            self.foreign[qualified] = None
+        if qualified not in self._types:
+            self._types[qualified] = type(f"Inert[{qualified}]", (InertGlobal,),
+                                          {"qualified_name": qualified, "audit": self})
+        return self._types[qualified]
+
+    def refusal(self, path: str | Path) -> CheckpointRefusedError | None:
+        if not (self.foreign or self.calls):
+            return None
+        found = []
+        if self.foreign:
+            found.append(f"names globals outside the allowlist ({', '.join(self.foreign)})")
+        if self.calls:
+            found.append(f"calls what {', '.join(dict.fromkeys(self.calls))} returned")
+        return CheckpointRefusedError(
+            f"refused {path}: its pickle {' and '.join(found)}, so torch.load would have run code; nothing ran "
+            f"(those globals became inert placeholders). Use the official checkpoint ({DEFAULT_CHECKPOINT}) or, "
+            "if you trust the file's origin, save its state_dict as .safetensors and pass that file")
 
 
 def _allowed_global(module: str, name: str):
@@ -87,32 +155,39 @@ def _allowed_global(module: str, name: str):
     return None
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str):
-        return _allowed_global(module, name) or _placeholder(module, name)
+def _restricted_pickle_module(audit: _Audit) -> types.ModuleType:
+    """A "pickle module" for ``torch.load``: torch subclasses its Unpickler (adding storage handling) and,
+    for the legacy format, calls its ``load``; every global goes through ``audit``."""
 
+    class RestrictedUnpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str):
+            return audit.resolve(module, name)
 
-def _restricted_load(file, **kwargs):
-    return RestrictedUnpickler(file, **kwargs).load()
-
-
-# torch.load takes a "pickle module": it subclasses our Unpickler (adding storage handling) and, for the
-# legacy format, calls our load().
-restricted_pickle = types.ModuleType("restricted_pickle")
-restricted_pickle.Unpickler = RestrictedUnpickler
-restricted_pickle.load = _restricted_load
-restricted_pickle.__name__ = "restricted_pickle"
+    module = types.ModuleType("restricted_pickle")
+    module.Unpickler = RestrictedUnpickler
+    module.load = lambda file, **kwargs: RestrictedUnpickler(file, **kwargs).load()
+    return module
 
 
 def safe_torch_load(path: str | Path) -> Any:
-    """``torch.load`` of any checkpoint without running pickled code (unknown globals become inert)."""
+    """``torch.load`` of a checkpoint without running pickled code. Unknown globals become inert; a pickle that
+    names globals outside the lists above, or calls what it built, is refused (``CheckpointRefusedError``)."""
+    audit = _Audit()
     try:
         # weights_only=False is what torch requires with a custom pickle_module; safety comes from that module:
         # torch's wrapper resolves only storage classes itself and sends every other global to our find_class.
-        return torch.load(path, map_location="cpu", pickle_module=restricted_pickle, weights_only=False)
+        checkpoint = torch.load(path, map_location="cpu", pickle_module=_restricted_pickle_module(audit),
+                                weights_only=False)
     except Exception as error:  # zip, pickle and torch errors all mean "not a readable checkpoint"
+        refusal = audit.refusal(path)
+        if refusal is not None:
+            raise refusal from None
         raise CheckpointError(f"could not read {path} as a PyTorch checkpoint ({type(error).__name__}: {error}); "
                               "the file may be truncated (re-download it) or not a .pth checkpoint") from None
+    refusal = audit.refusal(path)
+    if refusal is not None:
+        raise refusal
+    return checkpoint
 
 
 # ------------------------------------------------------------------------------------------ state dict
@@ -240,14 +315,38 @@ class LocalCheckpoint:
     file: str
 
 
-def hf_cache_dir() -> str | None:
-    """Hub cache from the environment at call time (HF_HUB_CACHE / HUGGINGFACE_HUB_CACHE / HF_HOME / HUGGINGFACE_HOME)."""
-    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if os.environ.get(name):
-            return os.environ[name]
-    for name in ("HF_HOME", "HUGGINGFACE_HOME"):
-        if os.environ.get(name):
-            return str(Path(os.environ[name]) / "hub")
+def hf_cache_dirs() -> list[Path]:
+    """Hub caches to look in, from the environment at call time, first = where a download goes.
+
+    ``HF_HUB_CACHE`` / ``HUGGINGFACE_HUB_CACHE``, then ``$HF_HOME/hub`` and ``$HUGGINGFACE_HOME/hub`` (the hub's
+    own layout), then ``$HF_HOME`` and ``$HUGGINGFACE_HOME`` themselves (the rs-embed adapter passed them as the
+    ``cache_dir``, so its downloads sit there), then the hub's default ``$XDG_CACHE_HOME/huggingface/hub``.
+    """
+    env = {name: os.environ.get(name, "").strip() for name in
+           ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "HUGGINGFACE_HOME", "XDG_CACHE_HOME")}
+    dirs = [Path(env[name]) for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE") if env[name]]
+    dirs += [Path(env[name]) / "hub" for name in ("HF_HOME", "HUGGINGFACE_HOME") if env[name]]
+    dirs += [Path(env[name]) for name in ("HF_HOME", "HUGGINGFACE_HOME") if env[name]]
+    dirs.append(Path(env["XDG_CACHE_HOME"] or Path.home() / ".cache") / "huggingface" / "hub")
+    return list(dict.fromkeys(path.expanduser() for path in dirs))
+
+
+def hf_cache_dir() -> str:
+    """Where a Hugging Face download goes (the first of ``hf_cache_dirs``)."""
+    return str(hf_cache_dirs()[0])
+
+
+def find_in_hf_caches(repo: str, file: str) -> Path | None:
+    """The cached file of ``repo`` (revision ``main``) in any of ``hf_cache_dirs``, without network."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for cache in hf_cache_dirs():
+        try:
+            found = try_to_load_from_cache(repo_id=repo, filename=file, cache_dir=str(cache))
+        except ValueError:  # a repo id the hub refuses: hf_hub_download will say so
+            return None
+        if isinstance(found, str) and os.path.isfile(found):
+            return Path(found)
     return None
 
 
@@ -270,14 +369,19 @@ def split_uri(uri: str, scheme: str) -> tuple[str, str]:
 
 
 def fetch_hf(repo: str, file: str) -> Path:
+    """A Hugging Face checkpoint: from any cache users already have (see ``hf_cache_dirs``), else downloaded."""
+    cached = find_in_hf_caches(repo, file)
+    if cached is not None:
+        return cached
     from huggingface_hub import hf_hub_download
 
     offline = _hf_offline()
     try:
         return Path(hf_hub_download(repo_id=repo, filename=file, cache_dir=hf_cache_dir(), local_files_only=offline))
     except Exception as error:
-        hint = ("offline mode (HF_HUB_OFFLINE) is on and the file is not in the hub cache "
-                f"{hf_cache_dir() or '(default)'}: download it once online or point HF_HOME at a cache that has it"
+        searched = ", ".join(str(path) for path in hf_cache_dirs())
+        hint = (f"offline mode (HF_HUB_OFFLINE) is on and the file is in none of the hub caches ({searched}): "
+                "download it once online or point HF_HOME or HF_HUB_CACHE at a cache that has it"
                 if offline else "check the repo/file names, network access and HF_TOKEN")
         raise CheckpointError(f"could not get {file!r} from Hugging Face repo {repo!r} "
                               f"({type(error).__name__}: {error}); {hint}") from None

@@ -56,6 +56,22 @@ _ENV_FIELDS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
 }
 
 
+DEFAULT_FETCH_WORKERS = 8  # the adapter's default for RS_EMBED_DYNAMICVIS_FETCH_WORKERS
+
+
+def fetch_workers(environ: "os._Environ | dict | None" = None) -> int:
+    """``RS_EMBED_DYNAMICVIS_FETCH_WORKERS``: concurrent Earth Engine requests of the batch API (default 8).
+    Callers cap it at the project's Earth Engine budget (``earth_engine.settings``)."""
+    name = ENV_PREFIX + "FETCH_WORKERS"
+    value = (os.environ if environ is None else environ).get(name, "").strip()
+    if not value:
+        return DEFAULT_FETCH_WORKERS
+    workers = _env_number(int)(name, value)
+    if workers < 1:
+        raise ValueError(f"{name}={value!r} must be >= 1 (concurrent Earth Engine requests)")
+    return workers
+
+
 def default_cache_dir() -> Path:
     """Converted-weights cache: ``DYNAMICVIS_CACHE_DIR`` or ``~/.cache/dynamicvis_s2``."""
     return Path(os.environ.get("DYNAMICVIS_CACHE_DIR") or Path.home() / ".cache" / "dynamicvis_s2").expanduser()

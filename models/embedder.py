@@ -13,6 +13,8 @@ from models.preprocess import check_raw_chw, preprocess_s2_rgb
 from models.runtime import autocast_for, configure_numerics
 
 POOLINGS = {"mean": "featmap_mean", "max": "featmap_max"}
+FEATURE_KIND = "featmap"             # what the backbone returns: a feature map, pooled spatially (not tokens)
+GRID_KIND = "last_stage_featmap"
 
 
 def resolve_device(device: str) -> torch.device:
@@ -59,19 +61,20 @@ class DynamicVisEmbedder:
 
     @property
     def metadata(self) -> dict[str, Any]:
-        """The adapter card's metadata keys (feature_kind is per call: see ``feature_kind``)."""
+        """The adapter card's model metadata (per-call keys such as ``pooling`` come with each result)."""
         info, config = self.checkpoint, self.config
         return {
             "model": "dynamicvis", "arch": info.arch, "path_type": config.path_type,
-            "sampling_scale": config.sampling_scale, "mamba2": config.mamba2, "img": config.img_size,
+            "sampling_scale": config.sampling_scale, "mamba2": config.mamba2, "image_size": config.img_size,
             "hf_repo": info.repo, "ckpt_file": info.file, "ckpt_sha256": info.sha256, "checkpoint": info.source,
-            "feature_kind": POOLINGS["mean"], "grid_kind": "last_stage_featmap",
+            "feature_kind": FEATURE_KIND, "grid_kind": GRID_KIND, "pool_source": GRID_KIND,
             "scan": getattr(self.model, "scan", config.scan), "precision": config.precision,
-            "implementation": "upstream" if config.use_upstream_code else "native",
+            "device": str(self.device), "implementation": "upstream" if config.use_upstream_code else "native",
         }
 
     @staticmethod
-    def feature_kind(pooling: str) -> str:
+    def pooling_name(pooling: str) -> str:
+        """``'mean'`` -> ``'featmap_mean'``, ``'max'`` -> ``'featmap_max'`` (the card's ``pooling`` values)."""
         try:
             return POOLINGS[pooling]
         except KeyError:
@@ -83,14 +86,15 @@ class DynamicVisEmbedder:
         return np.stack([preprocess_s2_rgb(chw, self.config.img_size) for chw in batch])
 
     def embed(self, raw_chw_batch: np.ndarray, pooling: str = "mean", grid: bool = False) -> dict:
-        """Raw S2 RGB tiles (B, 3, H, W) -> dict(pooled=(B, D) float32, grid=(B, D, h, w) float32 or None)."""
-        self.feature_kind(pooling)
+        """Raw S2 RGB tiles (B, 3, H, W) -> dict(pooled=(B, D) float32, grid=(B, D, h, w) float32 or None,
+        pooling='featmap_mean' | 'featmap_max', grid_shape=(D, h, w))."""
+        self.pooling_name(pooling)
         return self.embed_preprocessed(self.preprocess(raw_chw_batch), pooling=pooling, grid=grid)
 
     @torch.inference_mode()
     def embed_preprocessed(self, x: np.ndarray | torch.Tensor, pooling: str = "mean", grid: bool = False) -> dict:
         """Already-normalised inputs (B, 3, img, img) -> pooled vectors (and grids)."""
-        self.feature_kind(pooling)
+        self.pooling_name(pooling)
         tensor = torch.as_tensor(x)
         if tensor.ndim != 4:
             raise ValueError(f"expected a batch (B, 3, {self.config.img_size}, {self.config.img_size}), "
@@ -98,5 +102,6 @@ class DynamicVisEmbedder:
         with autocast_for(self.config.precision, self.device):
             featmap = self.model(tensor.to(device=self.device, dtype=self.dtype))[-1].float()
         pooled = featmap.mean(dim=(2, 3)) if pooling == "mean" else featmap.amax(dim=(2, 3))
-        return {"feature_kind": POOLINGS[pooling], "pooled": pooled.cpu().numpy().astype(np.float32),
+        return {"pooling": POOLINGS[pooling], "grid_shape": tuple(int(n) for n in featmap.shape[1:]),
+                "pooled": pooled.cpu().numpy().astype(np.float32),
                 "grid": featmap.cpu().numpy().astype(np.float32) if grid else None}

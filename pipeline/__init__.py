@@ -7,12 +7,16 @@ __version__ = "0.1.0"
 
 _API = ("get_embedding", "get_embeddings_batch", "PointBuffer", "BBox", "TemporalSpec", "OutputSpec", "SensorSpec",
         "Embedding")
+_ERRORS = ("SpecError", "ProviderError", "ModelError")
 
-__all__ = ["__version__", *_API]
+__all__ = ["__version__", *_API, *_ERRORS]
 
 
 def __getattr__(name):
     if name in _API:
         from pipeline import api
         return getattr(api, name)
+    if name in _ERRORS:
+        from pipeline import errors
+        return getattr(errors, name)
     raise AttributeError(f"module 'pipeline' has no attribute {name!r}")

@@ -87,8 +87,9 @@ class EmbeddingOptions(PipelineOptions):
         _flag(g, "path-type", default=None, help="env RS_EMBED_DYNAMICVIS_PATH_TYPE")
         _flag(g, "sampling-scale", type=float, default=None, help="env RS_EMBED_DYNAMICVIS_SAMPLING_SCALE")
         _flag(g, "mamba2", type=_bool, default=None, help="env RS_EMBED_DYNAMICVIS_MAMBA2")
-        _flag(g, "scan", default=None, help="selective-scan backend: auto | reference | chunked | cuda")
-        _flag(g, "precision", default=None, help="fp32 | bf16 | auto")
+        _flag(g, "scan", default=None, help="selective-scan backend: auto | reference | chunked | cpu_fused | cuda "
+                                                "(auto: the fastest that works on the device)")
+        _flag(g, "precision", default=None, help="fp32 | bf16 (default fp32)")
         _flag(g, "device", default=None, help="auto | cpu | cuda[:N]")
         _flag(g, "pooling", default="mean", choices=["mean", "max"], help="feature-map pooling (default mean)")
         _flag(g, "grid", action="store_true", default=False,

@@ -207,6 +207,39 @@ def _malicious(tmp_path, _good):
     return path
 
 
+class _EvalViaGetattr:
+    """Unpickling runs eval(code), with eval reached as getattr(__import__('builtins'), 'eval')."""
+
+    class _Builtins:
+        def __reduce__(self):
+            return __import__, ("builtins",)
+
+    class _Eval:
+        def __reduce__(self):
+            return getattr, (_EvalViaGetattr._Builtins(), "eval")
+
+        def __call__(self, code):  # pickle wants a callable here; unpickling calls eval itself
+            raise AssertionError("only called when unpickled")
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return self._Eval(), (f"open({self.marker!r}, 'w').close()",)
+
+
+def _malicious_eval(tmp_path, _good):
+    """os.system in metadata and in place of pos_embed, and eval reached through builtins.getattr."""
+    from models.recipe import recipe_state_dict
+
+    state = {f"backbone.{k}": v for k, v in recipe_state_dict("b", 64).items()}
+    state["backbone.pos_embed"] = _WritesMarker(tmp_path / "pwned")
+    path = tmp_path / "dynamicvis_b_evil_eval.pth"
+    torch.save({"state_dict": state, "meta": {"hook": _WritesMarker(tmp_path / "pwned"),
+                                              "cfg": _EvalViaGetattr(tmp_path / "pwned")}}, path)
+    return path
+
+
 def _raw_pickle(tmp_path, _good):
     import pickle
 
@@ -219,6 +252,10 @@ def _resnet(tmp_path, _good):
     return path
 
 
+REFUSAL = ["error: --checkpoint: refused", "its pickle", "would have run code", "nothing ran",
+           "official checkpoint", ".safetensors"]
+
+
 @pytest.mark.parametrize("case, make, extra, expected", [
     ("truncated", _truncated, {}, ["--checkpoint", "truncated", "re-download"]),
     ("not a checkpoint", lambda t, g: _write_bytes(t / "page.pth", b"<html>404 Not Found</html>"), {},
@@ -227,16 +264,20 @@ def _resnet(tmp_path, _good):
     ("wrong arch", lambda t, g: g, {"arch": "l"},
      ["does not match DynamicVis arch 'l'", "set arch='b' (or 'auto')"]),
     ("another model's weights", _resnet, {}, ["no DynamicVis backbone weights", "is this a DynamicVis checkpoint"]),
-    ("pickle that runs code", _malicious, {}, ["--checkpoint", "not tensors", "inert"]),
-    ("raw pickle that runs code", _raw_pickle, {}, ["--checkpoint", "could not read"]),
+    ("pickle that runs code", _malicious, {}, [*REFUSAL, f"{os.system.__module__}.system"]),
+    ("eval through getattr", _malicious_eval, {},
+     [*REFUSAL, f"{os.system.__module__}.system", "builtins.__import__",
+      "calls what builtins.getattr(…, 'eval') returned"]),
+    ("raw pickle that runs code", _raw_pickle, {}, [*REFUSAL, f"{os.system.__module__}.system"]),
     ("missing file", lambda t, g: t / "nope.pth", {}, ["checkpoint file not found", "hf://OWNER/REPO/FILE"]),
     ("bad hf uri", lambda t, g: "hf://KyanChen", {}, ["expected hf://OWNER/REPO/FILE"]),
 ])
 def test_bad_checkpoints(case, make, extra, expected, launch_refused, argv, recipe_checkpoint_b64, tmp_path):
     checkpoint = make(tmp_path, recipe_checkpoint_b64)
     err = launch_refused(argv(checkpoint=checkpoint, **extra))
+    (line,) = [line for line in err.splitlines() if line.startswith("error: ")]
     for fragment in expected:
-        assert fragment in err, (case, err)
+        assert fragment in line, (case, err)  # all of it on the one error line
     assert not (tmp_path / "pwned").exists(), "pickled code was executed"
     _assert_nothing_written(tmp_path / "out")
 
@@ -301,16 +342,18 @@ def _tile(shape=(3, 32, 32)):
     return np.random.default_rng(0).integers(0, 3000, size=shape).astype(np.float32)
 
 
-@pytest.mark.parametrize("case, chw, error, expected", [
-    ("2-D (no band axis)", _tile((32, 32)), ValueError, ["(3, H, W)", "got shape (32, 32)"]),
-    ("4-D (a batch given as one tile)", _tile((1, 3, 32, 32)), ValueError, ["(3, H, W)", "got shape (1, 3, 32, 32)"]),
-    ("wrong band count", _tile((4, 32, 32)), ValueError, ["expected 3 bands (B4, B3, B2)", "got 4", "(4, 32, 32)"]),
-    ("channels last", _tile((32, 32, 3)), ValueError, ["expected 3 bands", "channels-first", "(32, 32, 3)"]),
-    ("empty image", np.zeros((3, 0, 32), np.float32), ValueError, ["empty image", "(3, 0, 32)"]),
-    ("not numbers", np.full((3, 8, 8), "x"), TypeError, ["numeric array of raw reflectance"]),
+@pytest.mark.parametrize("case, chw, expected", [
+    ("2-D (no band axis)", _tile((32, 32)), ["(3, H, W)", "got shape (32, 32)"]),
+    ("4-D (a batch given as one tile)", _tile((1, 3, 32, 32)), ["(3, H, W)", "got shape (1, 3, 32, 32)"]),
+    ("wrong band count", _tile((4, 32, 32)), ["expected 3 bands (B4, B3, B2)", "got 4", "(4, 32, 32)"]),
+    ("channels last", _tile((32, 32, 3)), ["expected 3 bands", "channels-first", "(32, 32, 3)"]),
+    ("empty image", np.zeros((3, 0, 32), np.float32), ["empty image", "(3, 0, 32)"]),
+    ("not numbers", np.full((3, 8, 8), "x"), ["numeric array of raw reflectance"]),
 ])
-def test_bad_input_chw_is_refused_naming_the_shape_given(case, chw, error, expected, model_config):
-    with pytest.raises(error) as raised:
+def test_bad_input_chw_is_refused_naming_the_shape_given(case, chw, expected, model_config):
+    from pipeline.errors import SpecError
+
+    with pytest.raises(SpecError) as raised:  # a ValueError
         _embed(model_config, chw)
     for fragment in expected:
         assert fragment in str(raised.value), (case, str(raised.value))

@@ -31,7 +31,7 @@ class PoisonSensitiveModel:
         return {"pooled": np.repeat(means[:, None], 4, axis=1), "grid": None}
 
     def metadata(self):
-        return {"arch": "b", "img": 64, "path_type": "forward_reverse_mean", "sampling_scale": 0.1,
+        return {"arch": "b", "image_size": 64, "path_type": "forward_reverse_mean", "sampling_scale": 0.1,
                 "mamba2": False, "hf_repo": None, "ckpt_file": "stand-in", "ckpt_sha256": None}
 
 
@@ -102,4 +102,4 @@ def test_real_model_through_the_handler_matches_the_embedder(recipe_checkpoint_b
     direct = models.DynamicVisEmbedder(config).embed(np.stack(tiles), pooling="max", grid=True)
     np.testing.assert_allclose(np.stack([r.embedding for r in results]), direct["pooled"], rtol=1e-5, atol=1e-6)
     assert results[0].grid.shape == direct["grid"].shape[1:]
-    assert results[0].metadata["arch"] == "b" and results[0].metadata["img"] == 64
+    assert results[0].metadata["arch"] == "b" and results[0].metadata["image_size"] == 64

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.checkpoint import CheckpointError, load_backbone_weights, safe_torch_load
+from models.checkpoint import CheckpointError, CheckpointRefusedError, load_backbone_weights, safe_torch_load
 from models.config import ModelConfig
 from models.embedder import load_backbone
 from models.recipe import recipe_state_dict, write_official_checkpoint
@@ -77,18 +77,43 @@ def test_other_layouts_load(layout, tmp_path, model_cache):
     _assert_same_weights(loaded, state)
 
 
-def test_hugging_face_cache_used_offline(recipe_checkpoint_b64, tmp_path, monkeypatch, model_cache):
-    repo, file = "KyanChen/DynamicVis", "pretrain_dynamicvis_b_recipe_epoch_1.pth"
+def _hub_layout(cache, repo, file, data):
+    """A Hugging Face hub cache (models--OWNER--NAME/{refs/main, snapshots/REV/FILE}) holding one file."""
     revision = "0123456789abcdef0123456789abcdef01234567"
-    hub = tmp_path / "hf_home" / "hub" / "models--KyanChen--DynamicVis"
-    (hub / "snapshots" / revision).mkdir(parents=True)
-    (hub / "refs").mkdir()
-    (hub / "refs" / "main").write_text(revision)
-    (hub / "snapshots" / revision / file).write_bytes(recipe_checkpoint_b64.read_bytes())
-    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HUGGINGFACE_HOME"):
+    model = cache / ("models--" + repo.replace("/", "--"))
+    (model / "snapshots" / revision).mkdir(parents=True)
+    (model / "refs").mkdir()
+    (model / "refs" / "main").write_text(revision)
+    (model / "snapshots" / revision / file).write_bytes(data)
+
+
+# layout -> (variable set to tmp/cache_root, where below it the hub cache lies): the caches users already have.
+CACHE_LAYOUTS = {
+    "HF_HOME, hub layout": ("HF_HOME", "hub"),
+    "HF_HOME as the adapter used it (cache_dir=HF_HOME)": ("HF_HOME", ""),
+    "HUGGINGFACE_HUB_CACHE": ("HUGGINGFACE_HUB_CACHE", ""),
+    "HF_HUB_CACHE": ("HF_HUB_CACHE", ""),
+    "HUGGINGFACE_HOME as the adapter used it": ("HUGGINGFACE_HOME", ""),
+    "HUGGINGFACE_HOME, hub layout": ("HUGGINGFACE_HOME", "hub"),
+    "the hub's default (XDG_CACHE_HOME/huggingface/hub)": ("XDG_CACHE_HOME", "huggingface/hub"),
+}
+
+
+@pytest.mark.parametrize("layout", list(CACHE_LAYOUTS))
+def test_checkpoint_found_in_the_caches_users_already_have(layout, recipe_checkpoint_b64, tmp_path, monkeypatch,
+                                                           model_cache):
+    import huggingface_hub
+
+    variable, below = CACHE_LAYOUTS[layout]
+    repo, file = "KyanChen/DynamicVis", "pretrain_dynamicvis_b_recipe_epoch_1.pth"
+    root = tmp_path / "cache_root"
+    _hub_layout(root / below if below else root, repo, file, recipe_checkpoint_b64.read_bytes())
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "HUGGINGFACE_HOME", "HF_HUB_OFFLINE"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty_xdg"))
+    monkeypatch.setenv(variable, str(root))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download",
+                        lambda *a, **k: pytest.fail("a cached checkpoint was downloaded again"))
     monkeypatch.setenv("RS_EMBED_DYNAMICVIS_CKPT_FILE", file)
     monkeypatch.setenv("RS_EMBED_DYNAMICVIS_IMG", "64")
     config = ModelConfig.from_env(device="cpu", scan="reference")
@@ -97,40 +122,101 @@ def test_hugging_face_cache_used_offline(recipe_checkpoint_b64, tmp_path, monkey
     assert (info.repo, info.file, info.arch) == (repo, file, "b")
     assert model.pos_embed.shape == (1, 256, 96)
 
+
+def test_offline_miss_names_every_cache_searched(tmp_path, monkeypatch, model_cache):
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HUGGINGFACE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("RS_EMBED_DYNAMICVIS_CKPT_FILE", "not_in_cache.pth")
-    with pytest.raises(CheckpointError, match="offline mode"):
+    with pytest.raises(CheckpointError, match="offline mode") as error:
         load_backbone(ModelConfig.from_env(device="cpu", scan="reference"))
+    assert f"{tmp_path / 'hf_home' / 'hub'}, {tmp_path / 'hf_home'}," in str(error.value)
 
 
-def test_malicious_pickle_does_not_run(tmp_path, model_cache):
+class _EvalViaGetattr:
+    """Unpickling runs eval(code), eval reached as getattr(__import__('builtins'), 'eval')."""
+
+    class _Builtins:
+        def __reduce__(self):
+            return __import__, ("builtins",)
+
+    class _Eval:
+        def __reduce__(self):
+            return getattr, (_EvalViaGetattr._Builtins(), "eval")
+
+        def __call__(self, code):  # pickle wants a callable here; what unpickling calls is eval itself
+            raise AssertionError("only called when unpickled")
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return self._Eval(), (f"open({self.marker!r}, 'w').close()",)
+
+
+def _assert_refused_saying_why(path, *fragments):
+    with pytest.raises(CheckpointRefusedError) as error:
+        load_backbone_weights(str(path))
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"refused {path}: its pickle "), message
+    for fragment in (*fragments, "would have run code", "nothing ran", ".safetensors", "hf://KyanChen/DynamicVis/"):
+        assert fragment in message, (fragment, message)
+    return message
+
+
+def test_malicious_pickle_is_refused_saying_why_and_runs_nothing(tmp_path, model_cache):
     marker = tmp_path / "pwned"
     state = {f"backbone.{k}": v for k, v in recipe_state_dict("b", 64).items()}
     state["backbone.pos_embed"] = _WritesMarker(marker)          # a tensor slot holding code
     path = tmp_path / "evil.pth"
-    torch.save({"state_dict": state, "meta": {"hook": _WritesMarker(marker)}}, path)
+    torch.save({"state_dict": state, "meta": {"hook": _WritesMarker(marker), "cfg": _EvalViaGetattr(marker)}}, path)
     raw = tmp_path / "evil.pkl"                                   # a plain (non-zip) pickle as well
     raw.write_bytes(pickle.dumps(_WritesMarker(marker)))
 
-    with pytest.raises(CheckpointError, match=r"not tensors.*pos_embed.*inert posix\.system|"
-                                              r"not tensors.*pos_embed.*inert os\.system"):
-        load_backbone_weights(str(path))
-    with pytest.raises(CheckpointError, match="could not read"):
-        load_backbone_weights(str(raw))
+    message = _assert_refused_saying_why(path, f"{os.system.__module__}.system", "builtins.__import__",
+                                         "calls what builtins.getattr(…, 'eval') returned")
+    assert "names globals outside the allowlist" in message
+    _assert_refused_saying_why(raw, f"{os.system.__module__}.system")
     assert not marker.exists(), "pickled code was executed"
+    assert not any(model_cache.glob("converted/*")), "a refused checkpoint must not be cached"
+    # The file is really malicious: a plain torch.load runs its code.
+    torch.load(path, weights_only=False)
+    assert marker.exists()
 
 
 def test_getattr_route_to_arbitrary_code_is_closed(tmp_path, model_cache):
     """getattr(__import__('os'), 'system')('touch marker') spelled in raw pickle opcodes: the route that
-    allow-listing builtins.getattr would re-open. Every global resolves to an inert placeholder instead."""
+    allow-listing builtins.getattr would re-open. It is refused, naming the import and the call."""
     marker = tmp_path / "pwned"
     payload = (b"cbuiltins\ngetattr\n(cbuiltins\n__import__\n(S'os'\ntRS'system'\ntR(S'touch "
                + str(marker).encode() + b"'\ntR.")
     path = tmp_path / "getattr.pth"
     path.write_bytes(payload)
-    with pytest.raises(CheckpointError, match="could not read"):
-        load_backbone_weights(str(path))
+    _assert_refused_saying_why(path, "builtins.__import__", "calls what builtins.getattr(…, 'system') returned")
     assert not marker.exists(), "pickled code was executed"
     # The same bytes do run code under plain pickle: the test would catch a loader that executed them.
+    pickle.loads(payload)
+    assert marker.exists()
+
+
+def test_code_built_only_from_allowed_globals_is_refused(tmp_path, model_cache):
+    """eval reached from HistoryBuffer and getattr alone (both named by official files): the pickle has to
+    call what getattr returned, and that is what gives it away."""
+    marker = tmp_path / "pwned"
+
+    def getattr_of(obj: bytes, name: bytes) -> bytes:
+        return b"cbuiltins\ngetattr\n(" + obj + b"S'" + name + b"'\ntR"
+
+    init = getattr_of(b"cmmengine.logging.history_buffer\nHistoryBuffer\n", b"__init__")
+    builtins_dict = getattr_of(getattr_of(init, b"__globals__"), b"get") + b"(S'__builtins__'\ntR"
+    evaluate = getattr_of(builtins_dict, b"get") + b"(S'eval'\ntR"
+    payload = evaluate + b"(S\"open('" + str(marker).encode() + b"', 'w').close()\"\ntR."
+    path = tmp_path / "allowed_globals.pth"
+    path.write_bytes(payload)
+    message = _assert_refused_saying_why(path, "its pickle calls what builtins.getattr(…, 'get')", "('eval')")
+    assert "globals outside" not in message
+    assert not marker.exists(), "pickled code was executed"
     pickle.loads(payload)
     assert marker.exists()
 

@@ -82,6 +82,17 @@ def test_config_bad_env_values_are_named(clean_env, name, value, match):
         ModelConfig.from_env()
 
 
+def test_fetch_workers_knob(clean_env):
+    from models.config import fetch_workers
+
+    clean_env.delenv("RS_EMBED_DYNAMICVIS_FETCH_WORKERS", raising=False)
+    assert fetch_workers() == 8
+    assert fetch_workers({"RS_EMBED_DYNAMICVIS_FETCH_WORKERS": " 3 "}) == 3
+    for value, match in (("0", "must be >= 1"), ("lots", "not a valid int")):
+        with pytest.raises(ValueError, match=match):
+            fetch_workers({"RS_EMBED_DYNAMICVIS_FETCH_WORKERS": value})
+
+
 def test_embedder_pooled_grid_and_metadata(recipe_checkpoint_b64, model_cache):
     embedder = DynamicVisEmbedder(ModelConfig(checkpoint=str(recipe_checkpoint_b64), img_size=64, device="cpu",
                                               scan="reference"))
@@ -94,15 +105,17 @@ def test_embedder_pooled_grid_and_metadata(recipe_checkpoint_b64, model_cache):
     assert mean["grid"].shape == (2, 768, 2, 2) and maxed["grid"] is None
     np.testing.assert_allclose(mean["pooled"], mean["grid"].mean(axis=(2, 3)), rtol=0, atol=1e-6)
     np.testing.assert_allclose(maxed["pooled"], mean["grid"].max(axis=(2, 3)), rtol=0, atol=0)
-    assert (mean["feature_kind"], maxed["feature_kind"]) == ("featmap_mean", "featmap_max")
+    assert (mean["pooling"], maxed["pooling"]) == ("featmap_mean", "featmap_max")
+    assert mean["grid_shape"] == maxed["grid_shape"] == (768, 2, 2)
     direct = embedder.embed_preprocessed(np.stack([preprocess_s2_rgb(chw, 64) for chw in raw]), grid=True)
     np.testing.assert_array_equal(direct["grid"], mean["grid"])
     assert embedder.embed_preprocessed(torch.from_numpy(golden["input"]))["pooled"].shape == (2, 768)
     meta = embedder.metadata
-    for key in ("arch", "path_type", "sampling_scale", "mamba2", "img", "hf_repo", "ckpt_file", "ckpt_sha256",
-                "feature_kind", "grid_kind", "scan", "precision"):
+    for key in ("model", "arch", "path_type", "sampling_scale", "mamba2", "image_size", "hf_repo", "ckpt_file",
+                "ckpt_sha256", "feature_kind", "grid_kind", "pool_source", "scan", "precision", "device"):
         assert key in meta, key
-    assert (meta["arch"], meta["img"], meta["grid_kind"]) == ("b", 64, "last_stage_featmap")
+    assert (meta["arch"], meta["image_size"], meta["feature_kind"]) == ("b", 64, "featmap")
+    assert meta["grid_kind"] == meta["pool_source"] == "last_stage_featmap" and meta["scan"] == "reference"
     with pytest.raises(ValueError, match="3 bands"):
         embedder.embed(np.zeros((1, 4, 64, 64)))
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):

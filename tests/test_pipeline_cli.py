@@ -1,6 +1,12 @@
 """Bad input fails before any pipeline starts, with a message saying what to fix; --dry-run prints the plan."""
 from __future__ import annotations
 
+import ast
+import contextlib
+import io
+import re
+from pathlib import Path
+
 import pytest
 
 from pipeline.run import glue_negative_values, launch
@@ -105,3 +111,74 @@ def test_help_lists_our_flags(capsys):
     for flag in ("--bbox", "--geojson", "--points", "--buffer-m", "--windows", "--tile-px", "--checkpoint",
                  "--skip-existing", "--bigquery-table", "--dry-run", "--gpu", "--img-size"):
         assert flag in out
+
+
+# ------------------------------------------------------------------------------- text that is true
+
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9_-]*[a-z0-9]")
+MESSAGE_SOURCES = ("pipeline", "transforms", "earth_engine", "models", "tiles")
+_MESSAGE_CALLS = {"print", "warning", "info", "error", "exception", "warn", "debug"}
+
+
+def _strings(node: ast.AST):
+    for child in ast.walk(node):
+        if isinstance(child, ast.Constant) and isinstance(child.value, str):
+            yield child.value
+
+
+def message_strings() -> dict:
+    """Every string literal in a raise or a print/log call of our sources -> where it is."""
+    root = Path(__file__).resolve().parents[1]
+    found = {}
+    for package in MESSAGE_SOURCES:
+        for path in sorted((root / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                is_message = isinstance(node, ast.Raise) or (
+                    isinstance(node, ast.Call) and _MESSAGE_CALLS & {getattr(node.func, "attr", None),
+                                                                     getattr(node.func, "id", None)})
+                if is_message:
+                    for text in _strings(node):
+                        found.setdefault(text, f"{path.relative_to(root)}:{node.lineno}")
+    return found
+
+
+def _parser_knows(flag: str) -> bool:
+    """Run the flag through the parser the launcher uses (Beam's flags and ours)."""
+    from pipeline.options import _all_options_parser
+
+    parser = _all_options_parser()
+    with contextlib.redirect_stderr(io.StringIO()):
+        try:
+            _, unknown = parser.parse_known_args([flag])
+        except SystemExit:
+            return True  # known, and it wants a value
+    return flag not in unknown
+
+
+def test_every_flag_that_help_or_an_error_message_suggests_exists(capsys):
+    assert launch(["--help"]) == 0
+    help_flags = set(FLAG.findall(capsys.readouterr().out))
+    message_flags = {}
+    for text, where in message_strings().items():
+        for flag in FLAG.findall(text):
+            message_flags.setdefault(flag, where)
+    assert {"--skip-existing", "--ee-project", "--output", "--buffer-m", "--dry-run"} <= set(message_flags)
+    assert len(help_flags) > 30
+    missing = {flag: message_flags.get(flag, "--help") for flag in sorted(help_flags | set(message_flags))
+               if not _parser_knows(flag)}
+    assert not missing, f"suggested but unknown to the parser: {missing}"
+    assert not _parser_knows("--repair-geometry")  # the check itself can fail
+
+
+def test_help_lists_every_scan_backend_and_only_real_precisions(capsys):
+    from models.config import ModelConfig
+    from models.scan import _OPTIONAL_SCANS, SCANS
+
+    assert launch(["--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    scan_help = out.rsplit("--scan SCAN", 1)[1].split("--precision", 1)[0]  # the option, not the usage line
+    for name in ["auto", *SCANS, *_OPTIONAL_SCANS]:
+        assert re.search(rf"\b{name}\b", scan_help), (name, scan_help)
+    precision_help = out.rsplit("--precision PRECISION", 1)[1].split("--device", 1)[0].split("(default")[0]
+    for value in precision_help.split("|"):
+        ModelConfig(precision=value.strip())  # each value the help names is accepted

@@ -199,7 +199,7 @@ def _polygonal(label: str, geometry: object, repair: bool) -> shapely.Geometry:
         where = f"polygon {index} of the MultiPolygon" if geometry["type"] == "MultiPolygon" else "Polygon"
         if not repair:
             raise InputError(f"{label}: invalid {where} ({reason}); fix it (e.g. shapely.make_valid "
-                             "or `ogr2ogr -makevalid`) or pass repair=True / --repair-geometry")
+                             "or `ogr2ogr -makevalid`), or in Python pass repair=True to tiles.regions.load_regions")
         log.warning("%s: repaired invalid %s (%s) with make_valid", label, where, reason)
         repaired = [p for p in shapely.get_parts(shapely.make_valid(part)) if p.geom_type == "Polygon" and p.area > 0]
         if not repaired:

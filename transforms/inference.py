@@ -62,7 +62,7 @@ class EmbedderService:
 
         self._embedder = models.DynamicVisEmbedder(config)
         meta = self._embedder.metadata
-        LOGGER.info("loaded DynamicVis %s (img %s, scan %s, %s) in process %d", meta["arch"], meta["img"],
+        LOGGER.info("loaded DynamicVis %s (img %s, scan %s, %s) in process %d", meta["arch"], meta["image_size"],
                     meta["scan"], meta["precision"], os.getpid())
 
     def embed(self, batch: np.ndarray, pooling: str, grid: bool) -> Dict[str, Optional[np.ndarray]]:

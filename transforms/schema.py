@@ -165,7 +165,7 @@ def encode_row(meta: TileMeta, embedding: np.ndarray, model_meta: Mapping[str, A
         "checkpoint_repo": model_meta.get("hf_repo"),
         "checkpoint_file": model_meta.get("ckpt_file"),
         "checkpoint_sha256": model_meta.get("ckpt_sha256"),
-        "img_size": int(_required(model_meta, "img")),
+        "img_size": int(_required(model_meta, "image_size")),
         "path_type": str(_required(model_meta, "path_type")),
         "sampling_scale": float(_required(model_meta, "sampling_scale")),
         "mamba2": bool(model_meta.get("mamba2", False)),

@@ -120,8 +120,10 @@ def pick_window(files: Sequence[str], start: Optional[str]) -> Window:
 class Reservoir:
     """A uniform sample without replacement of at most `size` vectors out of a stream of any length.
 
-    Each vector gets a random priority; the `size` lowest priorities seen so far are kept, so memory is
-    O(size + batch) and the sample (for a fixed seed and file order) is reproducible.
+    Each vector gets a random priority and the `size` lowest priorities are kept: once the sample is full,
+    only vectors below the largest kept priority are set aside, and those are merged in when they reach
+    `size`, so memory stays at most ~2 x size vectors plus a batch, and the sample (for a fixed seed and
+    file order) is reproducible.
     """
 
     def __init__(self, size: int, seed: int = 0) -> None:
@@ -130,26 +132,40 @@ class Reservoir:
         self.size = size
         self.seen = 0
         self._rng = np.random.default_rng(seed)
-        self._priority = np.empty(0)
-        self._vectors: Optional[np.ndarray] = None
+        self._priorities: List[np.ndarray] = []
+        self._chunks: List[np.ndarray] = []
+        self._pending = 0
+        self._threshold = np.inf  # the largest kept priority once the sample is full
 
     def add(self, batch: np.ndarray) -> None:
         if not len(batch):
             return
+        if self._chunks and batch.shape[1] != self._chunks[0].shape[1]:
+            raise ValueError(f"embeddings of length {batch.shape[1]} and {self._chunks[0].shape[1]} in one run")
         self.seen += len(batch)
         priority = self._rng.random(len(batch))
-        if self._vectors is None:
-            self._vectors = np.empty((0, batch.shape[1]), np.float32)
-        if batch.shape[1] != self._vectors.shape[1]:
-            raise ValueError(f"embeddings of length {batch.shape[1]} and {self._vectors.shape[1]} in one run")
-        priority = np.concatenate([self._priority, priority])
-        pool = np.concatenate([self._vectors, batch.astype(np.float32, copy=False)])
+        entering = priority < self._threshold
+        self._priorities.append(priority[entering])
+        self._chunks.append(np.array(batch[entering], np.float32))
+        self._pending += int(entering.sum())
+        if self._pending >= 2 * self.size:
+            self._merge()
+
+    def _merge(self) -> None:
+        priority = np.concatenate(self._priorities)
         keep = np.argsort(priority, kind="stable")[:self.size]
-        self._priority, self._vectors = priority[keep], pool[keep]
+        self._priorities = [priority[keep]]
+        self._chunks = [np.concatenate(self._chunks)[keep]]
+        self._pending = len(keep)
+        if len(keep) == self.size:
+            self._threshold = float(priority[keep[-1]])
 
     @property
     def vectors(self) -> np.ndarray:
-        return self._vectors if self._vectors is not None else np.empty((0, 0), np.float32)
+        if not self._chunks:
+            return np.empty((0, 0), np.float32)
+        self._merge()
+        return self._chunks[0]
 
 
 def tile_positions(batch: pa.RecordBatch) -> Dict[str, np.ndarray]:

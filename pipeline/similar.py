@@ -106,7 +106,7 @@ def nearest(files: Sequence[str], vector: np.ndarray, k: int = 20, window: Optio
     query = [float(v) for v in np.asarray(vector, np.float32).reshape(-1)]
     sql = (f"SELECT tile_id, start_date, end_date, lon, lat, geometry, cosine FROM ("
            f"  SELECT tile_id, start_date, end_date, lon, lat, geometry,"
-           f"         list_cosine_similarity(embedding::FLOAT[], ?::FLOAT[]) AS cosine"
+           f"         list_cosine_similarity(embedding, ?::FLOAT[]) AS cosine"
            f"  FROM {_source(files)} WHERE {where}) "
            f"WHERE NOT isnan(cosine) ORDER BY cosine DESC, tile_id, start_date LIMIT ?")
     fetch = k
@@ -178,7 +178,8 @@ def parser() -> argparse.ArgumentParser:
     which.add_argument("--point", help="query point LON,LAT: the tile containing it")
     p.add_argument("--k", type=int, default=20, help="number of neighbours (the query tile itself included)")
     p.add_argument("--window", metavar="START",
-                   help="search only this time window (start date); needed when the query tile has several")
+                   help="the query tile's time window (start date); needed when the tile has several")
+    p.add_argument("--same-window", action="store_true", help="search only the query's window (default: every row)")
     p.add_argument("--geojson", help="also write the hits (tile footprints) as GeoJSON here")
     return p
 
@@ -191,12 +192,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         connection = _connect()
         tile_id = args.tile_id or tile_at(files, *_point(args.point), connection=connection)
         vector, query_window = query_vector(files, tile_id, window, connection)
-        hits = nearest(files, vector, args.k, window, connection)
+        hits = nearest(files, vector, args.k, query_window if args.same_window else None, connection)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"query {tile_id} {query_window}; {len(hits)} nearest by cosine over "
-          f"{'window ' + str(window) if window else 'all windows'}:")
+          f"{'window ' + str(query_window) if args.same_window else 'every row'}:")
     print(table(hits))
     if args.geojson:
         with open(args.geojson, "w", encoding="utf-8") as handle:

@@ -28,12 +28,12 @@ def _known_embeddings(n: int, seed: int = 0) -> np.ndarray:
 
 
 def _expected_rgb(vectors: np.ndarray) -> np.ndarray:
-    """The documented colouring, computed independently: covariance eigenvectors (largest three, each signed
-    so its largest-magnitude loading is positive), scores scaled from their 1st to 99th percentile to 0..255."""
+    """The documented colouring, computed independently: the first three right singular vectors of the
+    centred vectors (each signed so its largest-magnitude loading is positive), scores scaled from their 1st
+    to 99th percentile to 0..255."""
     x = vectors.astype(np.float64)
     centred = x - x.mean(axis=0)
-    values, vecs = np.linalg.eigh(centred.T @ centred)
-    axes = vecs[:, np.argsort(values)[::-1][:3]].T
+    axes = np.linalg.svd(centred, full_matrices=False)[2][:3]
     axes *= np.sign(axes[np.arange(3), np.argmax(np.abs(axes), axis=1)])[:, None]
     scores = centred @ axes.T
     lo, hi = np.percentile(scores, [1, 99], axis=0)

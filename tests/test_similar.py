@@ -45,7 +45,7 @@ def test_neighbours_in_a_window_equal_brute_force_top_k_with_the_query_first(run
     directory, tiles, vectors = run
     query = 37
     assert similar.main(["--input", str(directory), "--tile-id", tiles[query].tile_id, "--window", "2024-07-01",
-                         "--k", "15"]) == 0
+                         "--same-window", "--k", "15"]) == 0
     printed = capsys.readouterr().out
     files = similar.sample_lib.shard_files(str(directory))
     window = Window(JULY.start, JULY.end)
@@ -62,11 +62,17 @@ def test_neighbours_in_a_window_equal_brute_force_top_k_with_the_query_first(run
     assert tiles[query].tile_id in lines[2] and " 1.00000 " in lines[2] and len(lines) == 2 + 15
 
 
-def test_without_window_every_row_of_every_window_is_searched(run):
+def test_by_default_every_row_of_every_window_is_searched(run, capsys):
     directory, tiles, vectors = run
     files = similar.sample_lib.shard_files(str(directory))
     query = vectors[synthetic.WINDOW.start][5]
     hits = similar.nearest(files, query, 25)
+    assert similar.main(["--input", str(directory), "--tile-id", tiles[5].tile_id, "--window", "2024-06-01",
+                         "--k", "25"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "over every row" in lines[0]
+    assert [line.split()[2:4] for line in lines[2:]] == [[h.tile_id, str(Window(h.start_date, h.end_date))]
+                                                         for h in hits]
     matrix = np.concatenate([vectors[synthetic.WINDOW.start], vectors[JULY.start]])
     keys = [(t.tile_id, w.start) for w in (synthetic.WINDOW, JULY) for t in tiles]
     order, cosine = _brute_force(matrix, query, 25)
@@ -88,7 +94,7 @@ def test_point_finds_the_tile_that_contains_it_and_geojson_has_the_footprints(ru
     lon, lat = tile_center_lonlat(tiles[50])
     out = tmp_path / "hits.geojson"
     assert similar.main(["--input", str(directory), "--point", f"{lon + 0.0005},{lat - 0.0005}",
-                         "--window", "2024-06-01", "--k", "5", "--geojson", str(out)]) == 0
+                         "--window", "2024-06-01", "--same-window", "--k", "5", "--geojson", str(out)]) == 0
     assert capsys.readouterr().out.splitlines()[0].startswith(f"query {tiles[50].tile_id} ")
     collection = json.loads(out.read_text())
     assert collection["type"] == "FeatureCollection" and len(collection["features"]) == 5

@@ -96,14 +96,14 @@ def main() -> None:
         rows = []
 
         wall, rss, out = measure_rss([python, "-c", SIMILAR, directory, query, day, str(args.k)])
-        duck = json.loads(out)
+        duck = json.loads(out.strip().splitlines()[-1])
         rows.append(("similar: DuckDB top-k search", duck["search_s"], rss))
         rows.append(("similar: query-row lookup", duck["lookup_s"], None))
         wall_cli, rss_cli, _ = measure_rss([python, "-m", "pipeline.similar", "--input", directory,
                                             "--tile-id", query, "--window", day, "--k", str(args.k)])
         rows.append(("similar: CLI end to end", wall_cli, rss_cli))
         _, rss_np, out = measure_rss([python, "-c", NUMPY, directory, query, day, str(args.k)])
-        reference = json.loads(out)
+        reference = json.loads(out.strip().splitlines()[-1])
         rows.append(("reference: numpy streaming top-k", reference["search_s"], rss_np))
         same = duck["hits"] == reference["hits"]
 

@@ -11,7 +11,7 @@ import dataclasses
 import datetime as dt
 import glob
 import os
-from typing import Dict, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Set
 
 import numpy as np
 import pyarrow as pa
@@ -45,7 +45,7 @@ def iter_batches(files: Sequence[str], columns: Sequence[str],
                  batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
     """Record batches of only `columns`, file by file (each file keeps its own schema)."""
     for path in files:
-        handle = pq.ParquetFile(path)
+        handle = pq.ParquetFile(path, pre_buffer=False)  # pre-buffering would read all row groups at once
         missing = [c for c in columns if c not in handle.schema_arrow.names]
         if missing:
             raise InputError(f"{path} lacks column(s) {', '.join(missing)}: not an embedding shard of this "
@@ -179,10 +179,3 @@ def tile_positions(batch: pa.RecordBatch) -> Dict[str, np.ndarray]:
             "col": np.rint(transform[:, 2] / size).astype(np.int64),
             "top": np.rint(transform[:, 5] / size).astype(np.int64)}
 
-
-def grid_of(batch: pa.RecordBatch) -> Tuple[float, float]:
-    """(tile_px, scale_m) of a batch's rows; they must share one tile grid."""
-    pairs = set(zip(batch.column("tile_px").to_pylist(), batch.column("scale_m").to_pylist()))
-    if len(pairs) != 1:
-        raise InputError(f"rows of several tile grids ({sorted(pairs)}) in one run")
-    return pairs.pop()

@@ -205,3 +205,38 @@ def test_reservoir_is_a_uniform_sample():
     assert len(np.unique(values)) == 1_000  # without replacement
     counts, _ = np.histogram(values, bins=10, range=(0, 100_000))
     assert counts.min() > 60 and counts.max() < 140  # about 100 per tenth of the stream
+
+
+def test_a_real_grid_run_is_mapped_cell_by_cell_and_searchable(fake_ee, recipe_checkpoint_b64, tmp_path,
+                                                               model_cache, capsys):
+    """The real pipeline (fake Earth Engine, recipe checkpoint) with --grid, then map and similar on its shards."""
+    import pyarrow.parquet as pq
+
+    from pipeline import similar
+    from pipeline.run import launch
+    from tiles.grid import tile_from_id
+    from transforms import schema
+
+    output = tmp_path / "out"
+    assert launch(["--bbox", "8.0,47.0,8.006,47.004", "--start", "2024-06-01", "--end", "2024-07-01",
+                   "--output", str(output), "--tile-px", "32", "--img-size", "64", "--grid",
+                   "--ee-endpoint", fake_ee.server.url, "--ee-credentials", "anonymous", "--ee-project",
+                   "test-project", "--checkpoint", str(recipe_checkpoint_b64), "--max-batch-size", "8"]) == 0
+    rows = [r for f in sample_lib.shard_files(str(output)) for r in pq.read_table(f).to_pylist()]
+    assert map_cli.main(["--input", str(output), "--geotiff", str(tmp_path / "cells.tif")]) == 0
+    basis = map_cli.Basis.from_json(json.loads((output / map_cli.BASIS_FILE).read_text()))
+    with rasterio.open(tmp_path / "cells.tif") as tif:
+        picture = tif.read()
+        for row in rows:
+            tile, grid = tile_from_id(row["tile_id"]), schema.row_grid(row)
+            _, h_cells, w_cells = grid.shape
+            cell_m = tile.size_m / w_cells
+            assert tif.crs.to_epsg() == tile.epsg and tif.res == (cell_m, cell_m)
+            xmin, _, _, ymax = tile_bounds_utm(tile)
+            for h in range(h_cells):
+                for w in range(w_cells):
+                    r, c = tif.index(xmin + (w + 0.5) * cell_m, ymax - (h + 0.5) * cell_m)
+                    assert picture[:, r, c].tolist() == [*basis.rgb(grid[:, h, w]).tolist(), 255]
+    capsys.readouterr()
+    assert similar.main(["--input", str(output), "--tile-id", rows[0]["tile_id"], "--k", "3"]) == 0
+    assert capsys.readouterr().out.splitlines()[2].split()[:3] == ["1", "1.00000", rows[0]["tile_id"]]

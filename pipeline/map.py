@@ -267,10 +267,18 @@ def write_geotiffs(rasters: Dict[int, ZoneRaster], path: str) -> List[str]:
     return written
 
 
-def _mosaic(rasters: Dict[int, ZoneRaster]):
+@dataclasses.dataclass
+class Mosaic:
+    rgba: np.ndarray  # (rows, cols, 4) uint8
+    crs: str
+    transform: object  # affine.Affine of `crs`
+    cell_m: float
+    lonlat_bounds: tuple  # west, south, east, north
+
+
+def mosaic(rasters: Dict[int, ZoneRaster]) -> Mosaic:
     """One picture of all zones: the zone itself if there is one, else all warped (nearest) onto an
-    equidistant cylindrical grid true to scale at the run's centre latitude. -> (rgba, metres per pixel,
-    lon/lat bounds)."""
+    equidistant cylindrical grid true to scale at the run's centre latitude."""
     from rasterio.warp import Resampling, reproject, transform_bounds
 
     bounds = []
@@ -282,7 +290,7 @@ def _mosaic(rasters: Dict[int, ZoneRaster]):
     east, north = max(b[2] for b in bounds), max(b[3] for b in bounds)
     if len(rasters) == 1:
         raster = next(iter(rasters.values()))
-        return raster.rgba, raster.cell_m, (west, south, east, north)
+        return Mosaic(raster.rgba, raster.crs, raster.transform, raster.cell_m, (west, south, east, north))
     import pyproj
     from rasterio.transform import from_origin
 
@@ -294,14 +302,14 @@ def _mosaic(rasters: Dict[int, ZoneRaster]):
     cell = max(cell, max(max(xs) - min(xs), max(ys) - min(ys)) / (2 * PNG_MAX_PX))
     cols, rows = int(math.ceil((max(xs) - min(xs)) / cell)), int(math.ceil((max(ys) - min(ys)) / cell))
     transform = from_origin(min(xs), max(ys), cell, cell)
-    mosaic = np.zeros((4, rows, cols), np.uint8)
+    picture = np.zeros((4, rows, cols), np.uint8)
     for raster in rasters.values():
-        warped = np.zeros_like(mosaic)
+        warped = np.zeros_like(picture)
         reproject(np.moveaxis(raster.rgba, -1, 0), warped, src_transform=raster.transform, src_crs=raster.crs,
                   dst_transform=transform, dst_crs=crs, resampling=Resampling.nearest)
         drawn = warped[3] > 0
-        mosaic[:, drawn] = warped[:, drawn]
-    return np.moveaxis(mosaic, 0, -1), cell, (west, south, east, north)
+        picture[:, drawn] = warped[:, drawn]
+    return Mosaic(np.moveaxis(picture, 0, -1), crs, transform, cell, (west, south, east, north))
 
 
 def _nice_length(max_m: float) -> float:
@@ -319,8 +327,9 @@ def write_png(rasters: Dict[int, ZoneRaster], path: str, window: Window) -> str:
     the extent, the window and the zones."""
     from PIL import Image, ImageDraw, ImageFont
 
-    rgba, metres_per_px, (west, south, east, north) = _mosaic(rasters)
-    image = Image.fromarray(rgba, "RGBA")
+    whole = mosaic(rasters)
+    metres_per_px, (west, south, east, north) = whole.cell_m, whole.lonlat_bounds
+    image = Image.fromarray(whole.rgba, "RGBA")
     side = max(image.size)
     if side < PNG_MIN_PX:
         factor = PNG_MIN_PX // side

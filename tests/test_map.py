@@ -13,7 +13,7 @@ from rasterio.transform import from_origin
 from pipeline import map as map_cli
 from pipeline import sample as sample_lib
 from tests import synthetic_run as synthetic
-from tiles.grid import tile_bounds_utm
+from tiles.grid import tile_bounds_utm, tile_center_lonlat
 from tiles.records import TimeWindow
 
 DIM = 12
@@ -98,6 +98,31 @@ def test_png_quick_look_draws_the_tiles_in_place_above_a_scale_bar(tmp_path):
         assert image[row, col].tolist() == expected[i].tolist()
     footer = image[3 * factor:]
     assert (footer.min(axis=2) < 50).any()  # the scale bar and labels are drawn in black
+
+
+def test_quick_look_across_a_zone_boundary_warps_both_zones_into_place(tmp_path):
+    """Tiles either side of 12 E (UTM zones 32 and 33): one picture, each tile's colour under its centre."""
+    import pyproj
+
+    west = synthetic.tiles_block(32632, 2268, 16277, 4, 3)  # ends near 11.99 E
+    east = synthetic.tiles_block(32633, 852, 16277, 4, 3)  # starts near 12.01 E
+    tiles = west + east
+    vectors = _known_embeddings(len(tiles), seed=11)
+    synthetic.write_shards(str(tmp_path / "run"), synthetic.encode_rows(tiles, vectors), shards=2)
+    files = sample_lib.shard_files(str(tmp_path / "run"))
+    basis = map_cli.load_or_fit_basis(files, str(tmp_path / "basis.json"))
+    rasters = map_cli.draw(files, basis, sample_lib.pick_window(files, None))
+    assert sorted(rasters) == [32632, 32633]
+    whole = map_cli.mosaic(rasters)
+    to_picture = pyproj.Transformer.from_crs("EPSG:4326", whole.crs, always_xy=True)
+    expected = _expected_rgb(vectors)
+    for i, tile in enumerate(tiles):
+        lon, lat = tile_center_lonlat(tile)
+        col, row = ~whole.transform * to_picture.transform(lon, lat)
+        assert whole.rgba[int(row), int(col)].tolist() == [*expected[i].tolist(), 255], tile.tile_id
+    west_lon, _, east_lon, _ = whole.lonlat_bounds
+    assert west_lon < 11.99 < 12.01 < east_lon
+    assert map_cli.write_png(rasters, str(tmp_path / "two.png"), sample_lib.pick_window(files, None))
 
 
 def test_grid_runs_draw_each_feature_cell_at_its_ground_position(tmp_path):

@@ -19,7 +19,8 @@ from transforms import schema
 
 RUN = schema.RunInfo(pipeline_version="0.1.0", composite="median", cloudy_pct=30.0, pooling="mean",
                      created_at=dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc))
-MODEL_META = {"arch": "b", "img": 64, "path_type": "forward_reverse_mean", "sampling_scale": 0.1,
+MODEL_META = {"arch": "b", "img": 64, "image_size": 64,  # "img" before, "image_size" after the metadata rename
+              "path_type": "forward_reverse_mean", "sampling_scale": 0.1,
               "mamba2": False, "hf_repo": "KyanChen/DynamicVis", "ckpt_file": "x.pth", "ckpt_sha256": "ab" * 32}
 WINDOW = TimeWindow(dt.date(2024, 6, 1), dt.date(2024, 7, 1))
 

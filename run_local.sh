@@ -26,3 +26,7 @@ done
   --tile-px 32 --img-size 64 \
   --ee-endpoint "http://127.0.0.1:$PORT" --ee-credentials anonymous --ee-project test-project \
   --checkpoint "$CHECKPOINT" --output "$OUTPUT" --skip-existing "$@"
+
+# A picture of what was embedded: PCA of the embeddings as RGB, one pixel per tile (see docs/MAPS_AND_SEARCH.md).
+.venv/bin/python -m pipeline.map --input "$OUTPUT" --png "$OUTPUT/map.png" > /dev/null
+echo "map of the embeddings: $OUTPUT/map.png"

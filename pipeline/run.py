@@ -194,6 +194,7 @@ def run(options: PipelineOptions, spec: RunSpec, wait: bool = True):
     from apache_beam.options.pipeline_options import TestOptions
 
     from pipeline import graph
+    from transforms import progress
 
     check_runner(options)
     translate_only = options.view_as(TestOptions).dry_run  # Beam's --dry_run=True: translate only
@@ -208,9 +209,11 @@ def run(options: PipelineOptions, spec: RunSpec, wait: bool = True):
     options.view_as(SetupOptions).save_main_session = False
     pipeline = beam.Pipeline(options=options)
     graph.build(pipeline, spec, shards, bigquery_temp=gcs_temp_location(options))
+    progress.start_run()
     result = pipeline.run()
     if wait:
         result.wait_until_finish()
+        progress.end_bar()
     return result
 
 

@@ -8,11 +8,14 @@ __version__ = "0.1.0"
 _API = ("get_embedding", "get_embeddings_batch", "PointBuffer", "BBox", "TemporalSpec", "OutputSpec", "SensorSpec",
         "Embedding")
 
-__all__ = ["__version__", *_API]
+__all__ = ["__version__", *_API, "read_embeddings"]
 
 
 def __getattr__(name):
     if name in _API:
         from pipeline import api
         return getattr(api, name)
+    if name == "read_embeddings":
+        from pipeline.read import read_embeddings
+        return read_embeddings
     raise AttributeError(f"module 'pipeline' has no attribute {name!r}")

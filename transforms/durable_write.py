@@ -16,12 +16,14 @@ bundle sizes: a job that dies keeps what it finished.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import time
 import uuid
-from typing import Any, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, BinaryIO, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import pyarrow as pa
@@ -58,24 +60,36 @@ def content_name(prefix: str, keys: Iterable[str], suffix: str) -> str:
     return f"{prefix}{digest}{suffix}"
 
 
-def publish(path: str, data: bytes) -> None:
-    """Make `data` appear at `path` whole or not at all (replacing a file of the same name)."""
-    if is_local(path):
-        path = path[len("file://"):] if path.startswith("file://") else path
-        directory, name = os.path.split(path)
-        os.makedirs(directory or ".", exist_ok=True)
-        temp = os.path.join(directory, f"{TEMP_PREFIX}{name}-{uuid.uuid4().hex[:8]}")
-        try:
-            with open(temp, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp, path)
-        finally:
-            if os.path.exists(temp):
-                os.remove(temp)
+@contextlib.contextmanager
+def publishing(path: str) -> Iterator[BinaryIO]:
+    """A handle whose content appears at `path` whole, when the block ends without error, or not at all
+    (replacing a file of the same name): a temporary file renamed atomically, or one object upload."""
+    if not is_local(path):
+        # Buffered, then uploaded in one go once complete: a writer closed by an error (or by the garbage
+        # collector) would finalize a partial object.
+        buffer = io.BytesIO()
+        yield buffer
+        with FileSystems.create(path, mime_type="application/octet-stream") as handle:
+            handle.write(buffer.getbuffer())
         return
-    with FileSystems.create(path, mime_type="application/octet-stream") as handle:  # one upload: atomic
+    path = path[len("file://"):] if path.startswith("file://") else path
+    directory, name = os.path.split(path)
+    os.makedirs(directory or ".", exist_ok=True)
+    temp = os.path.join(directory, f"{TEMP_PREFIX}{name}-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(temp, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    finally:
+        if os.path.exists(temp):
+            os.remove(temp)
+
+
+def publish(path: str, data: bytes) -> None:
+    """Make `data` appear at `path` whole or not at all."""
+    with publishing(path) as handle:
         handle.write(data)
 
 

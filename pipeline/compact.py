@@ -20,7 +20,7 @@ import hashlib
 import json
 import logging
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -34,6 +34,7 @@ RUNS_METADATA_KEY = b"dynamicvis.runs"
 SHARD_ROWS = 131_072       # ~0.5 GB per shard with 768-d embeddings
 ROW_GROUP_ROWS = 16_384    # ~64 MB row groups: large enough to scan fast, small enough to prune by bbox
 MAX_ROWS_PER_PASS = 262_144
+HILBERT_ORDER = 24         # tile indices below 2**24: 8 px tiles of 1 m still cover 16 000 km
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,9 +92,9 @@ def spatial_order(table: pa.Table) -> np.ndarray:
     grid = pc.binary_join_element_wise(pc.list_element(parts, 0), pc.list_element(parts, 1), "_")
     ix = pc.cast(pc.list_element(parts, 2), pa.int64()).to_numpy(zero_copy_only=False)
     iy = pc.cast(pc.list_element(parts, 3), pa.int64()).to_numpy(zero_copy_only=False)
-    x, y = ix - (ix.min() if len(ix) else 0), iy - (iy.min() if len(iy) else 0)
-    order = max(1, int(max(x.max(initial=0), y.max(initial=0))).bit_length())
-    keyed = pa.table({"grid": grid, "h": hilbert_index(x, y, order), "start": table["start_date"],
+    # A fixed curve over the whole grid (tile indices are >= 0 and < 2**HILBERT_ORDER), so that any subset of
+    # rows sorts the same way.
+    keyed = pa.table({"grid": grid, "h": hilbert_index(ix, iy, HILBERT_ORDER), "start": table["start_date"],
                       "end": table["end_date"]})
     return pc.sort_indices(keyed, sort_keys=[("grid", "ascending"), ("h", "ascending"), ("start", "ascending"),
                                              ("end", "ascending")]).to_numpy()
@@ -126,11 +127,36 @@ def _write_shard(path: str, table: pa.Table, row_group_rows: int) -> None:
         pq.write_table(table, handle, compression=schema.PARQUET_COMPRESSION, row_group_size=row_group_rows)
 
 
-def compact_pass(output: str, inputs: Sequence[str], shard_rows: int, row_group_rows: int) -> List[str]:
-    """Merge `inputs` into shards under `output`; deletes the inputs once every shard is written."""
+def first_occurrences(shards: Sequence[str], inputs: Sequence[str]) -> Dict[str, np.ndarray]:
+    """For each input file, which of its rows to keep: those whose key is in no shard and in no earlier row
+    of the inputs (in file name order). Reads key columns only."""
+    from transforms.skip_existing import file_keys
+
+    def keys_of(paths):
+        arrays = [keys for path in paths for keys in file_keys(path)]
+        return pa.concat_arrays(arrays) if arrays else pa.array([], pa.string())
+
+    counts, chunks = [], []
+    for path in inputs:
+        keys = keys_of([path])
+        counts.append(len(keys))
+        chunks.append(keys)
+    keys = pa.concat_arrays(chunks) if chunks else pa.array([], pa.string())
+    index = pa.table({"key": keys, "i": pa.array(np.arange(len(keys), dtype=np.int64))})
+    keep = np.zeros(len(keys), dtype=bool)
+    keep[index.group_by("key", use_threads=False).aggregate([("i", "min")])["i_min"].to_numpy()] = True
+    if shards:
+        keep &= ~pc.is_in(keys, value_set=keys_of(shards)).to_numpy(zero_copy_only=False)
+    bounds = np.cumsum([0, *counts])
+    return {path: keep[bounds[i]:bounds[i + 1]] for i, path in enumerate(inputs)}
+
+
+def compact_pass(output: str, inputs: Sequence[str], keep: Mapping[str, np.ndarray], shard_rows: int,
+                 row_group_rows: int) -> List[str]:
+    """Merge the kept rows of `inputs` into shards under `output`; deletes the inputs once every shard is
+    written."""
     from apache_beam.io.filesystems import FileSystems
 
-    from pipeline.read import dedup_by_key
     from transforms.durable_write import join_path, open_parquet
 
     inputs = sorted(inputs)
@@ -139,7 +165,8 @@ def compact_pass(output: str, inputs: Sequence[str], shard_rows: int, row_group_
     files = [open_parquet(path) for path in inputs]
     runs = sorted({(f.schema_arrow.metadata or {}).get(b"dynamicvis.run", b"null").decode() for f in files})
     base = dict(files[0].schema_arrow.metadata or {})
-    table = dedup_by_key(pa.concat_tables([f.read() for f in files], promote_options="permissive"))
+    table = pa.concat_tables([f.read().filter(pa.array(keep[path])) for f, path in zip(files, inputs)],
+                             promote_options="permissive")
     table = table.take(spatial_order(table))
     count = max(1, -(-table.num_rows // shard_rows))
     written = []
@@ -188,21 +215,23 @@ def _finish_earlier_passes(output: str, files: List[str]) -> List[str]:
 def compact(output: str, shard_rows: int = SHARD_ROWS, row_group_rows: int = ROW_GROUP_ROWS,
             max_rows_per_pass: int = MAX_ROWS_PER_PASS) -> List[str]:
     """Compact `output` (local directory or gs:// prefix); returns the shards written."""
-    from transforms.durable_write import embedding_files, row_count
+    from transforms.durable_write import embedding_files
 
-    todo = _finish_earlier_passes(output, embedding_files(output))
+    todo = sorted(_finish_earlier_passes(output, embedding_files(output)))
+    shards = [path for path in embedding_files(output) if _name(path).startswith(SHARD_PREFIX)]
+    keep = first_occurrences(shards, todo)
     written: List[str] = []
     group: List[str] = []
     rows = 0
-    for path in sorted(todo):
-        n = row_count(path)
+    for path in todo:
+        n = int(keep[path].sum())
         if group and rows + n > max_rows_per_pass:
-            written += compact_pass(output, group, shard_rows, row_group_rows)
+            written += compact_pass(output, group, keep, shard_rows, row_group_rows)
             group, rows = [], 0
         group.append(path)
         rows += n
     if group:
-        written += compact_pass(output, group, shard_rows, row_group_rows)
+        written += compact_pass(output, group, keep, shard_rows, row_group_rows)
     return written
 
 

@@ -53,7 +53,7 @@ def _kill_once_a_third_is_durable(argv, env, output, planned: int):
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["in_memory", "multi_processing"])
 def test_sigkill_keeps_finished_rows_and_the_rerun_fetches_only_the_rest(mode, fake_ee, recipe_checkpoint_b64,
-                                                                         tmp_path, model_cache):
+                                                                         tmp_path, model_cache, caplog):
     from pipeline.run import launch
 
     server = fake_ee.server
@@ -87,6 +87,9 @@ def test_sigkill_keeps_finished_rows_and_the_rerun_fetches_only_the_rest(mode, f
     for key in durable:  # rows written before the kill are kept, not rewritten
         assert (final.embeddings[key] == after_kill.embeddings[key]).all()
     assert partial.exists(), "readers and skip-existing ignore temporary files; nothing needs deleting them"
+    if mode == "in_memory":  # (with multi_processing the line is logged by an SDK worker process)
+        assert (f"skip-existing: {len(durable)} of {len(planned)} planned tiles already in the output; fetching "
+                f"{len(planned - durable)}") in caplog.text
     manifest = (output / "manifest.json").read_text()
     print(f"\nkill/resume ({mode}): planned {len(planned)}, rows durable after SIGKILL {len(durable)}, "
           f"fetched on resume {len(server.calls)}, final rows {final.rows}, duplicates {final.duplicate_rows}, "
@@ -98,3 +101,42 @@ def test_sigkill_keeps_finished_rows_and_the_rerun_fetches_only_the_rest(mode, f
     assert launch([*argv, "--skip-existing"]) == 0
     again = chaos.audit(output, planned)
     assert again.rows == len(planned) and again.duplicate_rows == 0 and not server.calls
+
+
+def _all_empty(server, requests):
+    from tiles.grid import tile_bounds_utm
+
+    for request in requests:
+        server.add_empty_area(request.tile.crs, tile_bounds_utm(request.tile), request.window.start)
+
+
+def test_a_run_whose_tiles_all_failed_writes_everything_then_exits_non_zero(fake_ee, recipe_checkpoint_b64,
+                                                                           tmp_path, model_cache, capsys):
+    from pipeline.run import launch
+
+    output = tmp_path / "out"
+    argv = chaos.pipeline_argv(fake_ee.server.url, output, recipe_checkpoint_b64, bbox="8.0,47.0,8.003,47.002")
+    planned = chaos.planned_requests(argv)
+    _all_empty(fake_ee.server, planned.values())
+    assert launch([*argv, "--max-failed-fraction", "1"]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {len(planned)} of {len(planned)} tiles were dead-lettered" in err and "failed/" in err
+    written = chaos.audit(output, planned)
+    assert written.accounted and written.dead_letters == len(planned) and written.rows == 0
+    assert (output / "manifest.json").is_file()
+
+
+def test_more_than_max_failed_fraction_dead_lettered_exits_non_zero(fake_ee, recipe_checkpoint_b64, tmp_path,
+                                                                    model_cache, capsys):
+    from pipeline.run import launch
+
+    argv = chaos.pipeline_argv(fake_ee.server.url, tmp_path / "a", recipe_checkpoint_b64, bbox="8.0,47.0,8.003,47.002")
+    planned = chaos.planned_requests(argv)
+    _all_empty(fake_ee.server, [planned[sorted(planned)[0]]])  # one of the tiles fails
+    assert launch(argv) == 0  # under the default fraction
+    assert launch(chaos.pipeline_argv(fake_ee.server.url, tmp_path / "b", recipe_checkpoint_b64,
+                                      bbox="8.0,47.0,8.003,47.002", extra=["--max-failed-fraction", "0.05"])) == 1
+    assert f"1 of {len(planned)} tiles were dead-lettered (more than --max-failed-fraction 0.05)" in \
+        capsys.readouterr().err
+    assert launch([*argv, "--max-failed-fraction", "1.5"]) == 2
+    assert "--max-failed-fraction must be between 0 and 1" in capsys.readouterr().err

@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Dict, Mapping, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Tuple
 
 import apache_beam as beam
-from apache_beam.ml.inference.base import PredictionResult
 
 from tiles.records import DeadLetter
 from transforms import schema
-from transforms.inference import TileEmbedding
+
+if TYPE_CHECKING:  # (importing inference would pull torch into every reader of output files)
+    from transforms.inference import TileEmbedding
 
 DEAD_LETTER_TAG = "dead_letter"
 KEY_COLUMNS = ("tile_id", "start_date", "end_date")  # what identifies a row: tile and time window
@@ -22,9 +23,10 @@ class ToRows(beam.DoFn):
         self._run = run
         self._grid = grid
 
-    def process(self, keyed: Tuple[schema.TileMeta, PredictionResult]):
+    def process(self, keyed: Tuple[schema.TileMeta, Any]):
         meta, prediction = keyed
-        result: TileEmbedding = prediction.inference if isinstance(prediction, PredictionResult) else prediction
+        # A PredictionResult (apache_beam.ml.inference, not imported here: it pulls in torch) or the embedding.
+        result: "TileEmbedding" = getattr(prediction, "inference", prediction)
         if not result.ok:
             yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter.for_request(
                 meta.request, "inference", result.error_message or "", result.attempts,

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -118,9 +117,11 @@ def make_output(path: str, rows: int, rows_per_file: int, dim: int = 128) -> int
 
 
 _SCAN = r"""
-import json, resource, sys, time
+import json, sys, time
+def peak_mb():  # VmHWM: this process image's own peak (ru_maxrss would carry the forking parent's over exec)
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
 from transforms.durable_write import embedding_files
-imports_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+imports_mb = peak_mb()
 from transforms.skip_existing import file_keys
 from transforms.rows import key_of_row
 import pyarrow.parquet as pq
@@ -135,7 +136,7 @@ for f in files:
         for batch in pq.ParquetFile(f).iter_batches(columns=["tile_id", "start_date", "end_date"]):
             n += len([key_of_row(r) for r in batch.to_pylist()])
 print(json.dumps({"rows": n, "files": len(files), "s": time.perf_counter() - started, "imports_mb": imports_mb,
-                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_mb": peak_mb()}))
 """
 
 

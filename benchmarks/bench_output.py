@@ -7,8 +7,9 @@ key scan.
    median of `--repeats`. Both must write the same keys.
 2. Key scan of `--key-rows` rows (default 1 M) in incremental files of `--rows-per-file` rows and in
    compacted shards: what skip-existing reads per file (key columns only, a record batch at a time,
-   vectorized keys), against reading the same key columns as Python rows (Beam's ReadAllFromParquet way).
-   Each scan runs in a fresh process, so the peak RSS is its own.
+   vectorized keys), against reading the same key columns as Python rows (Beam's ReadAllFromParquet way),
+   and the pipeline's own step (`ReadExistingKeys`, counted, on DirectRunner). Each scan runs in a fresh
+   process, so the peak RSS is its own.
 
     /work/main/.venv/bin/python -m benchmarks.bench_output                 # ~5 minutes on 2 cores
     /work/main/.venv/bin/python -m benchmarks.bench_output --key-rows 100000 --repeats 1
@@ -128,7 +129,14 @@ import pyarrow.parquet as pq
 path, how = sys.argv[1], sys.argv[2]
 started = time.perf_counter()
 n, files = 0, embedding_files(path)
-for f in files:
+if how == "beam":  # the pipeline's own step, on DirectRunner, counted
+    import apache_beam as beam
+    from transforms.skip_existing import ReadExistingKeys
+    with beam.Pipeline() as pipeline:
+        _ = (pipeline | ReadExistingKeys(files) | beam.combiners.Count.Globally()
+             | beam.Map(lambda c: open(sys.argv[3], "w").write(str(c))))
+    n = int(open(sys.argv[3]).read())
+for f in (files if how != "beam" else []):
     if how == "keys":
         for keys in file_keys(f):
             n += len(keys)
@@ -151,8 +159,8 @@ def key_scan(workdir: str, rows: int, rows_per_file: int) -> List[dict]:
     compact.compact(compacted, max_rows_per_pass=min(rows, compact.MAX_ROWS_PER_PASS))
     env = {**os.environ, "PYTHONPATH": REPO}
     for layout, path in (("incremental", incremental), ("compacted", compacted)):
-        for how in ("keys", "python rows"):
-            out = subprocess.run([sys.executable, "-c", _SCAN, path, "keys" if how == "keys" else "rows"],
+        for how, arg in (("keys", "keys"), ("python rows", "rows"), ("beam step", "beam")):
+            out = subprocess.run([sys.executable, "-c", _SCAN, path, arg, os.path.join(workdir, "count")],
                                  env=env, capture_output=True, text=True, check=True).stdout
             result = json.loads(out.strip().splitlines()[-1])
             assert result["rows"] == rows, result

@@ -148,16 +148,30 @@ print(json.dumps({"rows": n, "files": len(files), "s": time.perf_counter() - sta
 """
 
 
-def key_scan(workdir: str, rows: int, rows_per_file: int) -> List[dict]:
-    from pipeline import compact
+_COMPACT = r"""
+import json, sys, time
+def peak_mb():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
+from pipeline.compact import compact
+from transforms.durable_write import embedding_files, row_count
+imports_mb = peak_mb()
+started = time.perf_counter()
+shards = compact(sys.argv[1])
+print(json.dumps({"rows": sum(map(row_count, shards)), "files": len(shards), "s": time.perf_counter() - started,
+                  "imports_mb": imports_mb, "peak_mb": peak_mb()}))
+"""
 
+
+def key_scan(workdir: str, rows: int, rows_per_file: int) -> List[dict]:
     results = []
     incremental = os.path.join(workdir, "keys-incremental")
     make_output(incremental, rows, rows_per_file)
     compacted = os.path.join(workdir, "keys-compacted")
     shutil.copytree(incremental, compacted)
-    compact.compact(compacted, max_rows_per_pass=min(rows, compact.MAX_ROWS_PER_PASS))
     env = {**os.environ, "PYTHONPATH": REPO}
+    out = subprocess.run([sys.executable, "-c", _COMPACT, compacted], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    results.append({"layout": "compaction", "how": "all files", **json.loads(out.strip().splitlines()[-1])})
     for layout, path in (("incremental", incremental), ("compacted", compacted)):
         for how, arg in (("keys", "keys"), ("python rows", "rows"), ("beam step", "beam")):
             out = subprocess.run([sys.executable, "-c", _SCAN, path, arg, os.path.join(workdir, "count")],
@@ -189,7 +203,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{'sink':<28} {'files':>5} {'median s':>9} {'runs':>5} {'vs reference':>12}")
         for r in end_to_end(workdir, args.repeats):
             print(f"{r['sink']:<28} {r['files']:>5} {r['median_s']:>9.2f} {r['runs']:>5} {r['ratio']:>11.2f}x")
-    print(f"\nkey scan for --skip-existing, {args.key_rows} rows ({args.rows_per_file} rows per incremental file)")
+    print(f"\nkey scan for --skip-existing, {args.key_rows} rows ({args.rows_per_file} rows per incremental file; "
+          f"compaction: into shards, default settings)")
     print(f"{'layout':<12} {'read as':<12} {'files':>6} {'seconds':>8} {'peak RSS MB':>12} {'after imports':>14}")
     for r in key_scan(workdir, args.key_rows, args.rows_per_file):
         print(f"{r['layout']:<12} {r['how']:<12} {r['files']:>6} {r['s']:>8.2f} {r['peak_mb']:>12.0f} "

@@ -11,6 +11,9 @@ Killed at any point, nothing is lost (an input disappears only after its rows ar
 readers that keep one row per key (`pipeline.read_embeddings`, skip-existing) see every row once. The next
 run finishes the job: it deletes the inputs of complete passes, drops the shards of incomplete ones (their
 rows are still in their inputs) and compacts what is left. Do not compact an output a job is writing to.
+
+Memory: the keys of all files (for one row per key across passes) plus one pass's rows, decoded, a few times
+over while they are sorted and encoded; lower `--max-rows-per-pass` on a small machine.
 """
 from __future__ import annotations
 

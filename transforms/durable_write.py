@@ -2,7 +2,7 @@
 
 Output layout under `--output`:
     embeddings-<hash>.parquet          a batch of rows (GeoParquet 1.1, ZSTD, bbox covering, run config in metadata)
-    embeddings-shard-<hash>.parquet    a large, spatially ordered shard made by `python -m pipeline.compact`
+    embeddings-shard-<pass>-<i>-of-<n>.parquet   a large, spatially ordered shard (`python -m pipeline.compact`)
     failed/dead-letters-<hash>.jsonl   a batch of dead letters
     manifest.json                      the last run's configuration, versions and counts
 

@@ -6,7 +6,7 @@ from typing import List, Optional, Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 
-KEY_COLUMNS = ("tile_id", "start_date", "end_date")
+from transforms.rows import KEY_COLUMNS
 
 
 def dedup_by_key(table: pa.Table) -> pa.Table:

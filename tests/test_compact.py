@@ -124,7 +124,7 @@ def _count_operations(monkeypatch, budget=None):
     return done
 
 
-def test_compaction_killed_at_any_point_loses_and_duplicates_nothing(output, tmp_path, monkeypatch):
+def test_compaction_killed_at_any_point_loses_and_duplicates_nothing(output, tmp_path):
     import shutil
 
     pristine = tmp_path / "pristine"

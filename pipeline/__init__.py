@@ -9,7 +9,7 @@ _API = ("get_embedding", "get_embeddings_batch", "PointBuffer", "BBox", "Tempora
         "Embedding")
 _ERRORS = ("SpecError", "ProviderError", "ModelError")
 
-__all__ = ["__version__", *_API, *_ERRORS]
+__all__ = ["__version__", *_API, *_ERRORS, "read_embeddings"]
 
 
 def __getattr__(name):
@@ -19,4 +19,7 @@ def __getattr__(name):
     if name in _ERRORS:
         from pipeline import errors
         return getattr(errors, name)
+    if name == "read_embeddings":
+        from pipeline.read import read_embeddings
+        return read_embeddings
     raise AttributeError(f"module 'pipeline' has no attribute {name!r}")

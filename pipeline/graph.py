@@ -1,11 +1,11 @@
 """Assembly of the Beam graph (the same graph on DirectRunner and Dataflow).
 
     PlanTiles -> DropExisting -> FetchTiles -> Reshuffle -> RunInference -> ToRows
-        rows         -> Parquet shards (+ BigQuery)
-        dead letters -> failed/*.jsonl            (fetch, inference and encode failures)
+        rows         -> embeddings-<hash>.parquet, a file per batch, durable while the job runs (+ BigQuery)
+        dead letters -> failed/dead-letters-<hash>.jsonl   (fetch, inference and encode failures)
         counts       -> manifest.json             (after all writes have finished)
 
-With --skip-existing, DropExisting drops the tiles whose key is already in every output (the Parquet shards,
+With --skip-existing, DropExisting drops the tiles whose key is already in every output (the Parquet files,
 and the BigQuery table if one is set); with two outputs, each then gets only the rows it lacks.
 """
 from __future__ import annotations
@@ -42,18 +42,18 @@ def run_configuration(spec: RunSpec) -> dict:
                                           dataclasses.asdict(spec.model))
 
 
-def existing_keys(pipeline: beam.Pipeline, spec: RunSpec, existing_shards: List[str]) -> Dict[str, Any]:
+def existing_keys(pipeline: beam.Pipeline, spec: RunSpec, existing_files: List[str]) -> Dict[str, Any]:
     """{output name: keys of the rows already there} with --skip-existing ('parquet', plus 'bigquery' with
     --bigquery-table); {} without it."""
     if not spec.skip_existing:
         return {}
-    sinks = {"parquet": pipeline | "ExistingKeys" >> write.ReadExistingKeys(existing_shards)}
+    sinks = {"parquet": pipeline | "ExistingKeys" >> write.ReadExistingKeys(existing_files)}
     if spec.bigquery_table:
         sinks["bigquery"] = pipeline | "ExistingBigQueryKeys" >> write.ReadExistingBigQueryKeys(spec.bigquery_table)
     return sinks
 
 
-def build(pipeline: beam.Pipeline, spec: RunSpec, existing_shards: List[str],
+def build(pipeline: beam.Pipeline, spec: RunSpec, existing_files: List[str],
           bigquery_temp: Optional[str] = None) -> None:
     """Add the whole embedding job to `pipeline`."""
     from transforms.fetch import DEAD_LETTER, PIXELS, FetchTiles
@@ -62,7 +62,7 @@ def build(pipeline: beam.Pipeline, spec: RunSpec, existing_shards: List[str],
     plan = PlanTiles(spec.regions, spec.windows, spec.tile_px, spec.scale_m)
     planned_tiles = plan.planned_requests  # counted from the shards PlanTiles ships: the launcher plans once
     requests = pipeline | "PlanTiles" >> plan
-    sinks = existing_keys(pipeline, spec, existing_shards)
+    sinks = existing_keys(pipeline, spec, existing_files)
     # A tile is not fetched again only if every output already has it.
     if len(sinks) > 1:
         present = sinks | "InEverySink" >> write.KeysInEvery()
@@ -73,6 +73,8 @@ def build(pipeline: beam.Pipeline, spec: RunSpec, existing_shards: List[str],
         progress.CountProgress(progress.PLANNED))
     skipped = kept[write.Without.SKIPPED_TAG] | "CountSkipped" >> beam.ParDo(
         progress.CountProgress(progress.SKIPPED))
+    if spec.skip_existing:
+        _ = (to_fetch, skipped) | "LogResumePlan" >> write.LogResumePlan(planned_tiles)
 
     fetched = to_fetch | "FetchTiles" >> FetchTiles(spec.s2, spec.ee)
     rows_and_letters = (fetched[PIXELS]
@@ -95,18 +97,20 @@ def build(pipeline: beam.Pipeline, spec: RunSpec, existing_shards: List[str],
     if len(sinks) > 1:  # fetched because some output lacked the tile: each output gets only what it lacks
         parquet_rows = (rows | "NotInParquet" >> write.Without(sinks["parquet"]))[write.Without.KEPT_TAG]
         bigquery_rows = (rows | "NotInBigQuery" >> write.Without(sinks["bigquery"]))[write.Without.KEPT_TAG]
-    shards = parquet_rows | "WriteParquet" >> write.WriteParquetShards(
-        spec.output, spec.run_id, grid=spec.grid, run_config=configuration, num_shards=spec.num_shards)
+    # A file per inference batch (or per minute, or per bundle): rows are durable while the job runs.
+    embedding_files = parquet_rows | "WriteParquet" >> write.WriteEmbeddingFiles(
+        spec.output, grid=spec.grid, run_config=configuration, max_rows=spec.max_batch_size)
     if spec.bigquery_table:
         _ = bigquery_rows | "WriteBigQuery" >> write.WriteBigQueryRows(spec.bigquery_table, bigquery_temp)
-    letter_files = letters | "WriteDeadLetters" >> write.WriteDeadLetters(spec.output, spec.run_id)
+    letter_files = letters | "WriteDeadLetters" >> write.WriteDeadLetters(spec.output, max_rows=spec.max_batch_size)
 
     base = manifest_lib.base_manifest(spec.run_id, spec.created_at, configuration, {"tiles": planned_tiles})
-    counted = {"rows_written": parquet_rows, "dead_letters": letters, "fetch_requests": to_fetch,
-               "skipped_existing": skipped}
+    counted = {"fetch_requests": to_fetch, "skipped_existing": skipped}
+    if "parquet" in sinks:
+        counted["rows_before_run"] = sinks["parquet"]
     if spec.bigquery_table:
         counted["bigquery_rows_written"] = bigquery_rows
     _ = ({**counted, "model": rows | "ModelColumns" >> beam.Map(write.row_model_metadata),
-          "shards": shards, "dead_letter_files": letter_files}
+          "embedding_files": embedding_files, "dead_letter_files": letter_files}
          | "WriteManifest" >> write.WriteManifest(spec.output, base, sorted(counted)))
 

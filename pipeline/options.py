@@ -107,7 +107,11 @@ class EmbeddingOptions(PipelineOptions):
               help="also write rows to BigQuery (file loads)")
         _flag(g, "skip-existing", action="store_true", default=False,
               help="skip tiles already in the output; required to write into a non-empty output")
-        _flag(g, "num-shards", type=int, default=0, help="Parquet shards (default: runner decides)")
+        _flag(g, "num-shards", type=int, default=0,
+              help="ignored: rows are written as a file per batch; merge them with python -m pipeline.compact")
+        _flag(g, "max-failed-fraction", type=float, default=0.5,
+              help="exit 1 (after writing everything) when more than this fraction of the tiles tried, or all "
+                   "of them, were dead-lettered (default 0.5)")
         _flag(g, "dry-run", underscore_alias=False, dest="plan_only", action="store_true", default=False,
               help="print tiles, EE requests, bytes and time at the quota, then exit")
         _flag(g, "progress-interval-s", type=float, default=30.0, help="seconds between progress log lines")

@@ -19,6 +19,7 @@ from tiles.errors import InputError
 LOGGER = logging.getLogger("dynamicvis")
 _COORDINATE_FLAGS = ("--bbox",)
 EXIT_USAGE = 2
+EXIT_TILES_FAILED = 1  # everything was written, but too many tiles were dead-lettered
 BIGQUERY_LAUNCH_TIMEOUT_S = 60.0  # how long the launcher retries looking up --bigquery-table
 
 
@@ -54,7 +55,15 @@ def parse_and_validate(argv: Sequence[str]) -> tuple:
     if unknown:
         raise InputError(f"unknown option(s): {' '.join(unknown)} (see python -m pipeline --help)")
     options = PipelineOptions(argv)
-    return options, resolve(options)
+    spec = resolve(options)
+    fraction = max_failed_fraction(options)
+    if not 0.0 <= fraction <= 1.0:
+        raise InputError(f"--max-failed-fraction must be between 0 and 1, got {fraction:g}")
+    return options, spec
+
+
+def max_failed_fraction(options: PipelineOptions) -> float:
+    return float(options.view_as(options_lib.EmbeddingOptions).max_failed_fraction)
 
 
 def check_output_writable(output: str) -> None:
@@ -76,11 +85,11 @@ def check_output_writable(output: str) -> None:
 
 
 def check_output(spec: RunSpec) -> List[str]:
-    """Existing embedding shards of `--output`; refuse a non-empty output without --skip-existing."""
-    from transforms.write import existing_shards
+    """Existing embedding files of `--output`; refuse a non-empty output without --skip-existing."""
+    from transforms.write import embedding_files
 
     check_output_writable(spec.output)
-    shards = existing_shards(spec.output)
+    shards = embedding_files(spec.output)
     if shards and not spec.skip_existing:
         raise InputError(f"--output {spec.output} already holds {len(shards)} embedding shard(s); pass "
                          f"--skip-existing to embed only the tiles missing there, or choose an empty --output")
@@ -203,7 +212,7 @@ def run(options: PipelineOptions, spec: RunSpec, wait: bool = True):
     check_model(spec, options)
     shards = check_output(spec)
     if shards:
-        LOGGER.info("skip-existing: reading tile keys from %d existing shard(s)", len(shards))
+        LOGGER.info("skip-existing: reading tile keys (key columns only) from %d existing file(s)", len(shards))
     if not translate_only and check_bigquery_table(spec):
         LOGGER.info("skip-existing: reading tile keys from BigQuery table %s", spec.bigquery_table)
     options.view_as(SetupOptions).save_main_session = False
@@ -218,15 +227,31 @@ def run(options: PipelineOptions, spec: RunSpec, wait: bool = True):
 
 
 def summary(result) -> str:
-    from transforms.progress import DONE, FAILED, SKIPPED, query_counters
+    from transforms.progress import DONE, FAILED, PLANNED, SKIPPED, query_counters
 
     counts = query_counters(result)
     return (f"finished: {counts[DONE]} tiles embedded, {counts[FAILED]} dead-lettered, "
-            f"{counts[SKIPPED]} skipped as already present")
+            f"{counts[SKIPPED]} skipped as already present ({counts[PLANNED]} fetched)")
+
+
+def too_many_failed(result, fraction: float) -> Optional[str]:
+    """Why the run should exit non-zero: every tile it tried, or more than `fraction` of them, was
+    dead-lettered (None: it did well enough, or tried nothing)."""
+    from transforms.progress import DONE, FAILED, query_counters
+
+    counts = query_counters(result)
+    tried = counts[DONE] + counts[FAILED]
+    if not tried or not counts[FAILED]:
+        return None
+    if counts[FAILED] == tried or counts[FAILED] / tried > fraction:
+        return (f"{counts[FAILED]} of {tried} tiles were dead-lettered (more than --max-failed-fraction "
+                f"{fraction:g}); their reasons are in the failed/ folder of --output")
+    return None
 
 
 def launch(argv: Sequence[str]) -> int:
-    """CLI entry: exit code 0 on success, 2 on bad input (with a message on stderr)."""
+    """CLI entry: exit code 0 on success, 2 on bad input (with a message on stderr), 1 when everything was
+    written but every tile, or more than --max-failed-fraction of them, was dead-lettered."""
     if any(a in ("-h", "--help") for a in argv):
         print_help()
         return 0
@@ -246,4 +271,8 @@ def launch(argv: Sequence[str]) -> int:
         return EXIT_USAGE
     LOGGER.info("%s", summary(result))
     print(summary(result))
+    failed = too_many_failed(result, max_failed_fraction(options))
+    if failed:
+        print(f"error: {failed}", file=sys.stderr)
+        return EXIT_TILES_FAILED
     return 0

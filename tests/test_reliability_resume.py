@@ -1,13 +1,13 @@
-"""Kill and resume: `python -m pipeline` SIGKILLed part-way, then rerun with --skip-existing, ends with exactly
-the planned tile set, no duplicates, and no temp/partial file read as data.
+"""Kill and resume: `python -m pipeline` SIGKILLed part-way keeps what it finished; the rerun with
+--skip-existing fetches only the rest and ends with exactly the planned tile set, no duplicates.
 
-1. A smaller region runs to completion (finished shards exist in --output).
-2. The full region with --skip-existing runs as a subprocess against the fake Earth Engine server (slow
-   replies, 2 requests in flight) and is SIGKILLed once it has sent a few requests.
-   What a kill during Beam's write leaves behind is there too: a `beam-temp-embeddings-*` folder holding a
-   complete-looking but never-renamed shard (of tiles that are NOT done) and a truncated one.
-3. The full region again with --skip-existing: only the missing tiles are fetched; the temp folder is ignored
-   by skip-existing (else its tiles would be lost) and by readers of `embeddings-*.parquet`.
+1. The whole region runs as a subprocess (its own process group: the SDK worker processes of
+   `--direct_running_mode multi_processing` die with it) against the fake Earth Engine server, and is
+   SIGKILLed once at least a third of the planned rows are durable in `<output>/embeddings-*.parquet`.
+   What a kill during a file write leaves behind is there too: a `.tmp-embeddings-*` file holding a
+   truncated copy (never renamed), which no reader and not skip-existing may take for data.
+2. The same command with --skip-existing: only the tiles missing from the output are fetched; the final
+   set equals the plan with zero duplicate rows.
 """
 from __future__ import annotations
 
@@ -17,91 +17,126 @@ import subprocess
 import sys
 import time
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from benchmarks import chaos
-from tests.fakes.ee_server import LatencyModel
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL_BBOX = "8.0,47.0,8.006,47.004"
-KILL_AFTER_CALLS = 4
+BATCH = "4"  # rows per inference batch, hence per incremental file
 
 
-def _plant_unfinalized_shards(output, keys_not_done, finished_shard):
-    """What a run killed between writing a temp shard and renaming it leaves: a folder of temp files."""
-    temp = output / "beam-temp-embeddings-20240101T000000-dead00-0123456789abcdef"
-    temp.mkdir()
-    key_schema = pq.read_schema(finished_shard)
-    key_schema = pa.schema([key_schema.field(n) for n in ("tile_id", "start_date", "end_date")])
-    rows = []
-    for key in keys_not_done:
-        tile_id, window = key.split("/")
-        start, end = window.split("_")
-        rows.append({"tile_id": tile_id, "start_date": pa.scalar(start).cast(pa.date32()).as_py(),
-                     "end_date": pa.scalar(end).cast(pa.date32()).as_py()})
-    pq.write_table(pa.Table.from_pylist(rows, schema=key_schema), temp / "b1c2d3.embeddings-00000-of-00001.parquet")
-    data = open(finished_shard, "rb").read()
-    (temp / "e4f5a6.embeddings-00000-of-00001.parquet").write_bytes(data[: len(data) // 2])
-    return temp
+def durable_rows(output) -> int:
+    from transforms.durable_write import embedding_files, row_count
+
+    total = 0
+    for path in embedding_files(str(output)):
+        try:
+            total += row_count(path)
+        except FileNotFoundError:  # replaced between listing and reading (a retried batch rewrites its file)
+            pass
+    return total
+
+
+def _kill_once_a_third_is_durable(argv, env, output, planned: int):
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", *argv], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 400
+        while durable_rows(output) * 3 < planned and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        log = proc.communicate(timeout=60)[0].decode(errors="replace")
+    return proc.returncode, log
 
 
 @pytest.mark.slow
-def test_sigkill_then_skip_existing_ends_with_exactly_the_planned_tiles(fake_ee, recipe_checkpoint_b64, tmp_path,
-                                                                        model_cache):
+@pytest.mark.parametrize("mode", ["in_memory", "multi_processing"])
+def test_sigkill_keeps_finished_rows_and_the_rerun_fetches_only_the_rest(mode, fake_ee, recipe_checkpoint_b64,
+                                                                         tmp_path, model_cache, caplog):
     from pipeline.run import launch
-    from transforms.write import existing_shards
 
     server = fake_ee.server
     output = tmp_path / "out"
-    full = chaos.pipeline_argv(server.url, output, recipe_checkpoint_b64, extra=["--skip-existing"])
-    planned = set(chaos.planned_requests(full))
+    beam_flags = [f"--direct_running_mode={mode}"] + (["--direct_num_workers=2"] if mode == "multi_processing" else [])
+    argv = chaos.pipeline_argv(server.url, output, recipe_checkpoint_b64,
+                               extra=["--max-batch-size", BATCH, *beam_flags])
+    planned = set(chaos.planned_requests(argv))
 
-    # 1. A smaller region, to completion.
-    assert launch(chaos.pipeline_argv(server.url, output, recipe_checkpoint_b64, bbox=SMALL_BBOX)) == 0
-    first = chaos.audit(output, planned)
-    done_first = set(first.embeddings)
-    assert 0 < len(done_first) < len(planned) and first.dead_letters == 0
-
-    # 2. The full region, killed part-way.
-    server.reset(latency=LatencyModel(base_s=0.3))
-    env = {**os.environ, "PYTHONPATH": REPO, "DYNAMICVIS_CACHE_DIR": str(model_cache)}
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", *full, "--ee-max-concurrency", "2"], cwd=REPO,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while len(server.calls) < KILL_AFTER_CALLS and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        log = proc.communicate(timeout=60)[0].decode(errors="replace")
-    assert proc.returncode == -signal.SIGKILL, f"the run ended before it was killed:\n{log[-3000:]}"
-    killed_calls = len(server.calls)
-    assert KILL_AFTER_CALLS <= killed_calls < len(planned - done_first), "killed too late to prove anything"
+    # 1. Killed part-way.
+    env = {**os.environ, "PYTHONPATH": REPO, "DYNAMICVIS_CACHE_DIR": str(model_cache), "TMPDIR": "/tmp"}
+    code, log = _kill_once_a_third_is_durable(argv, env, output, len(planned))
+    assert code == -signal.SIGKILL, f"the run ended before it was killed:\n{log[-3000:]}"
     after_kill = chaos.audit(output, planned)
-    assert set(after_kill.embeddings) == done_first and after_kill.duplicate_rows == 0, \
-        "a killed run must not leave rows that readers take for finished ones"
-    temp = _plant_unfinalized_shards(output, sorted(planned - done_first)[:5], existing_shards(str(output))[0])
-    assert all("beam-temp" not in shard for shard in existing_shards(str(output)))
+    durable = set(after_kill.embeddings)
+    assert 3 * len(durable) >= len(planned), f"only {len(durable)} of {len(planned)} rows durable at the kill"
+    assert len(durable) < len(planned), "killed too late to prove anything"
+    assert after_kill.duplicate_rows == 0 and not after_kill.unplanned
+    first_file = sorted(output.glob("embeddings-*.parquet"))[0]
+    partial = output / f".tmp-{first_file.name}-deadbeef"  # what a kill in the middle of a write leaves
+    partial.write_bytes(first_file.read_bytes()[: first_file.stat().st_size // 2])
 
-    # 3. Resume.
+    # 2. Resume.
     server.reset()
-    assert launch(full) == 0
+    assert launch([*argv, "--skip-existing"]) == 0
     final = chaos.audit(output, planned)
     assert final.accounted, final
-    assert set(final.embeddings) == planned and final.rows == len(planned) and final.dead_letters == 0
+    assert set(final.embeddings) == planned and final.rows == len(planned) and final.duplicate_rows == 0
     fetched = {(call.crs, call.transform, call.dates) for call in server.calls}
-    assert len(server.calls) == len(fetched) == len(planned - done_first), "resume fetched done tiles again"
-    for key in done_first:  # rows of the first run are kept, not rewritten
-        assert (final.embeddings[key] == first.embeddings[key]).all()
-    assert temp.is_dir(), "readers and skip-existing ignore temp folders; nothing needs deleting them"
-
-    print(f"\nkill/resume: planned {len(planned)}, done by the first run {len(done_first)}, EE requests before "
-          f"SIGKILL {killed_calls}, rows after the kill {after_kill.rows}, fetched on resume {len(server.calls)}, "
-          f"final rows {final.rows}, duplicates {final.duplicate_rows}, lost {len(final.lost)}")
+    assert len(server.calls) == len(fetched) == len(planned - durable), "the rerun fetched durable tiles again"
+    for key in durable:  # rows written before the kill are kept, not rewritten
+        assert (final.embeddings[key] == after_kill.embeddings[key]).all()
+    assert partial.exists(), "readers and skip-existing ignore temporary files; nothing needs deleting them"
+    if mode == "in_memory":  # (with multi_processing the line is logged by an SDK worker process)
+        assert (f"skip-existing: {len(durable)} of {len(planned)} planned tiles already in the output; fetching "
+                f"{len(planned - durable)}") in caplog.text
+    manifest = (output / "manifest.json").read_text()
+    print(f"\nkill/resume ({mode}): planned {len(planned)}, rows durable after SIGKILL {len(durable)}, "
+          f"fetched on resume {len(server.calls)}, final rows {final.rows}, duplicates {final.duplicate_rows}, "
+          f"lost {len(final.lost)}")
+    assert f'"rows_before_run": {len(durable)}' in manifest and f'"rows_in_output": {len(planned)}' in manifest
 
     # The same job once more: nothing to do, nothing duplicated.
-    assert launch(full) == 0
+    server.reset()
+    assert launch([*argv, "--skip-existing"]) == 0
     again = chaos.audit(output, planned)
-    assert again.rows == len(planned) and again.duplicate_rows == 0 and len(server.calls) == len(planned - done_first)
+    assert again.rows == len(planned) and again.duplicate_rows == 0 and not server.calls
+
+
+def _all_empty(server, requests):
+    from tiles.grid import tile_bounds_utm
+
+    for request in requests:
+        server.add_empty_area(request.tile.crs, tile_bounds_utm(request.tile), request.window.start)
+
+
+def test_a_run_whose_tiles_all_failed_writes_everything_then_exits_non_zero(fake_ee, recipe_checkpoint_b64,
+                                                                           tmp_path, model_cache, capsys):
+    from pipeline.run import launch
+
+    output = tmp_path / "out"
+    argv = chaos.pipeline_argv(fake_ee.server.url, output, recipe_checkpoint_b64, bbox="8.0,47.0,8.003,47.002")
+    planned = chaos.planned_requests(argv)
+    _all_empty(fake_ee.server, planned.values())
+    assert launch([*argv, "--max-failed-fraction", "1"]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {len(planned)} of {len(planned)} tiles were dead-lettered" in err and "failed/" in err
+    written = chaos.audit(output, planned)
+    assert written.accounted and written.dead_letters == len(planned) and written.rows == 0
+    assert (output / "manifest.json").is_file()
+
+
+def test_more_than_max_failed_fraction_dead_lettered_exits_non_zero(fake_ee, recipe_checkpoint_b64, tmp_path,
+                                                                    model_cache, capsys):
+    from pipeline.run import launch
+
+    argv = chaos.pipeline_argv(fake_ee.server.url, tmp_path / "a", recipe_checkpoint_b64, bbox="8.0,47.0,8.003,47.002")
+    planned = chaos.planned_requests(argv)
+    _all_empty(fake_ee.server, [planned[sorted(planned)[0]]])  # one of the tiles fails
+    assert launch(argv) == 0  # under the default fraction
+    assert launch(chaos.pipeline_argv(fake_ee.server.url, tmp_path / "b", recipe_checkpoint_b64,
+                                      bbox="8.0,47.0,8.003,47.002", extra=["--max-failed-fraction", "0.05"])) == 1
+    assert f"1 of {len(planned)} tiles were dead-lettered (more than --max-failed-fraction 0.05)" in \
+        capsys.readouterr().err
+    assert launch([*argv, "--max-failed-fraction", "1.5"]) == 2
+    assert "--max-failed-fraction must be between 0 and 1" in capsys.readouterr().err

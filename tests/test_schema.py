@@ -52,7 +52,7 @@ def test_parquet_round_trip_with_geoparquet_and_run_metadata(tmp_path):
 def test_bigquery_schema_matches_parquet_columns_and_types():
     arrow = schema.arrow_schema()
     bq = {f["name"]: f for f in schema.bigquery_schema()["fields"]}
-    assert list(bq) == arrow.names
+    assert list(bq) == [name for name in arrow.names if name != schema.BBOX_COLUMN]  # bbox: Parquet-only covering
     assert bq["geometry"]["type"] == "GEOGRAPHY"
     assert (bq["embedding"]["type"], bq["embedding"]["mode"]) == ("FLOAT64", "REPEATED")
     assert bq["start_date"]["type"] == "DATE" and bq["created_at"]["type"] == "TIMESTAMP"
@@ -65,7 +65,7 @@ def test_bigquery_schema_matches_parquet_columns_and_types():
 def test_bigquery_row_encoding_is_json_ready():
     _, row = _row(grid=np.ones((8, 1, 1), np.float32))
     out = schema.to_bigquery_row(row)
-    assert set(out) == set(schema.arrow_schema().names)  # grid is Parquet-only
+    assert set(out) == set(schema.arrow_schema().names) - {schema.BBOX_COLUMN}  # grid and bbox are Parquet-only
     json.dumps(out)
     assert out["geometry"].startswith("POLYGON ((")
     assert out["start_date"] == "2021-06-01" and out["created_at"].startswith("2024-01-02T03:04:05")

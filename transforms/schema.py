@@ -19,6 +19,8 @@ from tiles.grid import tile_center_lonlat, tile_footprint_wgs84
 from tiles.records import TileRequest, TimeWindow
 
 GEOMETRY_COLUMN = "geometry"
+BBOX_COLUMN = "bbox"  # GeoParquet 1.1 covering of the footprint: readers prune row groups by its statistics
+PARQUET_COMPRESSION = "zstd"
 RUN_METADATA_KEY = b"dynamicvis.run"
 GEO_METADATA_KEY = b"geo"
 
@@ -84,6 +86,7 @@ _GRID_COLUMNS = [
     ("grid", pa.list_(pa.float32()), "last-stage feature map, row-major (D, H, W), flattened"),
     ("grid_shape", pa.list_(pa.int32()), "(D, H, W) of grid"),
 ]
+_BBOX_TYPE = pa.struct([pa.field(name, pa.float64(), nullable=False) for name in ("xmin", "ymin", "xmax", "ymax")])
 _REQUIRED_MODES = {"REQUIRED"}
 
 
@@ -92,14 +95,25 @@ def geo_metadata() -> Dict[str, Any]:
     return {
         "version": "1.1.0",
         "primary_column": GEOMETRY_COLUMN,
-        "columns": {GEOMETRY_COLUMN: {"encoding": "WKB", "geometry_types": ["Polygon"], "edges": "planar"}},
+        "columns": {GEOMETRY_COLUMN: {
+            "encoding": "WKB", "geometry_types": ["Polygon"], "edges": "planar",
+            "covering": {"bbox": {corner: [BBOX_COLUMN, corner] for corner in ("xmin", "ymin", "xmax", "ymax")}}}},
     }
 
 
-def arrow_schema(grid: bool = False, run_config: Optional[Mapping[str, Any]] = None) -> pa.Schema:
-    """Parquet schema; `run_config` (JSON-able) goes into the file metadata next to the GeoParquet 'geo' key."""
+def arrow_schema(grid: bool = False, run_config: Optional[Mapping[str, Any]] = None,
+                 embedding_dim: Optional[int] = None) -> pa.Schema:
+    """Parquet schema; `run_config` (JSON-able) goes into the file metadata next to the GeoParquet 'geo' key.
+
+    With `embedding_dim` the embedding is a fixed-size list of float32 (an ARRAY to Arrow readers); the bbox
+    covering column is Parquet-only, as is the grid."""
     fields = [pa.field(name, typ, nullable=mode not in _REQUIRED_MODES, metadata={"description": desc})
               for name, typ, _, mode, desc in _COLUMNS]
+    if embedding_dim is not None:
+        index = [f.name for f in fields].index("embedding")
+        fields[index] = fields[index].with_type(pa.list_(pa.float32(), int(embedding_dim)))
+    fields.append(pa.field(BBOX_COLUMN, _BBOX_TYPE, nullable=False,
+                           metadata={"description": "bounding box of the footprint (GeoParquet covering)"}))
     if grid:
         fields += [pa.field(name, typ, nullable=True, metadata={"description": desc})
                    for name, typ, desc in _GRID_COLUMNS]
@@ -144,12 +158,13 @@ def encode_row(meta: TileMeta, embedding: np.ndarray, model_meta: Mapping[str, A
     tile = request.tile
     lon, lat = tile_center_lonlat(tile)
     vector = np.asarray(embedding, dtype=np.float32).reshape(-1)
+    footprint = tile_footprint_wgs84(tile)
     row = {
         "tile_id": tile.tile_id,
         "request_id": request.request_id,
         "lon": lon,
         "lat": lat,
-        GEOMETRY_COLUMN: tile_footprint_wgs84(tile).wkb,
+        GEOMETRY_COLUMN: footprint.wkb,
         "crs": tile.crs,
         "transform": [float(v) for v in tile.transform],
         "tile_px": int(tile.tile_px),
@@ -174,6 +189,7 @@ def encode_row(meta: TileMeta, embedding: np.ndarray, model_meta: Mapping[str, A
         "dim": int(vector.size),
         "pipeline_version": run.pipeline_version,
         "created_at": run.created_at,
+        BBOX_COLUMN: dict(zip(("xmin", "ymin", "xmax", "ymax"), (float(v) for v in footprint.bounds))),
     }
     if grid is not None:
         grid = np.asarray(grid, dtype=np.float32)
@@ -183,7 +199,7 @@ def encode_row(meta: TileMeta, embedding: np.ndarray, model_meta: Mapping[str, A
 
 
 def to_bigquery_row(row: Mapping[str, Any]) -> Dict[str, Any]:
-    """Re-spell an `encode_row` row for BigQuery JSON loads: WKT geography, ISO dates; no grid."""
+    """Re-spell an `encode_row` row for BigQuery JSON loads: WKT geography, ISO dates; no grid, no bbox."""
     from shapely import wkb
 
     out = {name: row[name] for name, *_ in _COLUMNS}

@@ -65,10 +65,48 @@ def pieces(box: Box, max_px: int, max_side: int = COMPUTE_PIXELS_MAX_SIDE_PX) ->
     return out
 
 
+def window_shapes(width: int, height: int, max_px: int, max_side: int = COMPUTE_PIXELS_MAX_SIDE_PX) -> List[Tuple[int, int]]:
+    """Candidate (W, H) packing windows for boxes of this size: the squarest (``window_shape``) and the
+    other maximal whole-box shapes up to an aspect ratio of 4, squarest first."""
+    square = window_shape(width, height, max_px, max_side)
+    out = [square]
+    n = square[1] // height
+    for rows in sorted({max(1, n // 4), max(1, n // 2), 2 * n, 4 * n} - {n}):
+        if rows * height > max_side:
+            continue
+        cols = min(max_px // (rows * height * width), max_side // width)
+        if cols >= 1 and (cols * width, rows * height) not in out:
+            out.append((cols * width, rows * height))
+    return out
+
+
+def _best_window(x0, y0, w, h, top, alive, anchor: int, win_w: int, win_h: int) -> Tuple[float, np.ndarray]:
+    """(area covered, indices) of the best placement of a win_w x win_h window whose top is the anchor's
+    top and which holds the anchor."""
+    win_top = int(top[anchor])
+    lo = x0 + w - win_w  # window left edges that hold box i: [lo_i, x0_i]
+    a_lo, a_hi = int(lo[anchor]), int(x0[anchor])
+    cand = np.flatnonzero(alive & (top <= win_top) & (y0 >= win_top - win_h) & (w <= win_w)
+                          & (x0 >= a_lo) & (lo <= a_hi))
+    c_lo, c_hi = np.maximum(lo[cand], a_lo), np.minimum(x0[cand], a_hi)
+    area = (w[cand] * h[cand]).astype(np.float64)
+    # Best left edge: the area-weighted depth of the interval stack is maximal at some interval start.
+    start_area = np.concatenate([[0.0], np.cumsum(area[np.argsort(c_lo, kind="stable")])])
+    end_area = np.concatenate([[0.0], np.cumsum(area[np.argsort(c_hi, kind="stable")])])
+    probes = np.unique(c_lo)
+    depth = (start_area[np.searchsorted(np.sort(c_lo), probes, side="right")]
+             - end_area[np.searchsorted(np.sort(c_hi), probes, side="left")])
+    k = int(np.argmax(depth))
+    best = int(probes[k])
+    return float(depth[k]), cand[(c_lo <= best) & (c_hi >= best)]
+
+
 def pack_boxes(boxes: Sequence[Box], max_px: int, max_side: int = COMPUTE_PIXELS_MAX_SIDE_PX) -> List[List[int]]:
     """Indices of ``boxes`` grouped into requests; every group's bounding box fits the budget.
 
-    Boxes must each fit (see ``pieces``). Deterministic: the same boxes give the same groups.
+    Greedy: the northernmost-westernmost box left anchors the next request; of the candidate window
+    shapes and horizontal positions that hold it, the one covering the most box area wins. Boxes must
+    each fit (see ``pieces``). Deterministic: the same boxes give the same groups.
     """
     if not boxes:
         return []
@@ -81,25 +119,11 @@ def pack_boxes(boxes: Sequence[Box], max_px: int, max_side: int = COMPUTE_PIXELS
     for anchor in order:
         if not alive[anchor]:
             continue
-        win_w, win_h = window_shape(int(w[anchor]), int(h[anchor]), max_px, max_side)
-        win_top = int(top[anchor])
-        # Candidates fit the window vertically and can share a horizontal position with the anchor.
-        lo = x0 + w - win_w  # window left edges that hold box i: [lo_i, x0_i]
-        a_lo, a_hi = int(lo[anchor]), int(x0[anchor])
-        cand = np.flatnonzero(alive & (top <= win_top) & (y0 >= win_top - win_h) & (w <= win_w)
-                              & (x0 >= a_lo) & (lo <= a_hi))
-        c_lo, c_hi = np.maximum(lo[cand], a_lo), np.minimum(x0[cand], a_hi)
-        area = (w[cand] * h[cand]).astype(np.float64)
-        # Best window left edge: the area-weighted depth of the interval stack, maximal at some c_lo.
-        starts = np.sort(c_lo)
-        start_area = np.concatenate([[0.0], np.cumsum(area[np.argsort(c_lo, kind="stable")])])
-        ends = np.sort(c_hi)
-        end_area = np.concatenate([[0.0], np.cumsum(area[np.argsort(c_hi, kind="stable")])])
-        probes = np.unique(c_lo)
-        depth = (start_area[np.searchsorted(starts, probes, side="right")]
-                 - end_area[np.searchsorted(ends, probes, side="left")])
-        best = int(probes[int(np.argmax(depth))])
-        chosen = cand[(c_lo <= best) & (c_hi >= best)]
+        best_area, chosen = -1.0, np.array([anchor])
+        for win_w, win_h in window_shapes(int(w[anchor]), int(h[anchor]), max_px, max_side):
+            area, members = _best_window(x0, y0, w, h, top, alive, anchor, win_w, win_h)
+            if area > best_area:
+                best_area, chosen = area, members
         alive[chosen] = False
         groups.append(sorted(int(i) for i in chosen))
     return groups

@@ -10,10 +10,10 @@ import sys
 from typing import List, Optional, Sequence, TextIO
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
 from pipeline import options as options_lib
-from pipeline.spec import RunSpec, gcs_temp_location, resolve, runner_name
+from pipeline.spec import RunSpec, check_runner, gcs_temp_location, resolve, runner_name
 from tiles.errors import InputError
 
 LOGGER = logging.getLogger("dynamicvis")
@@ -135,18 +135,6 @@ def check_credentials(spec: RunSpec) -> None:
                          "(the worker service account) rather than shipping a key")
     elif not os.path.isfile(kind):
         raise InputError(f"--ee-credentials {kind!r} is neither 'adc', 'anonymous' nor a readable key file")
-
-
-def check_runner(options: PipelineOptions) -> None:
-    """`--runner` must name a Beam runner (Beam itself would fail only when the pipeline is created)."""
-    from apache_beam.runners.runner import create_runner
-
-    name = options.view_as(StandardOptions).runner
-    if name:
-        try:
-            create_runner(name)
-        except (ValueError, ImportError) as error:
-            raise InputError(f"--runner {name!r} is not a Beam runner: {error}") from None
 
 
 def runs_locally(options: PipelineOptions) -> bool:

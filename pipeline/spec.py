@@ -111,6 +111,7 @@ def resolve(options: PipelineOptions, now: Optional[dt.datetime] = None) -> RunS
         raise InputError(f"--calibrate must be >= 1 request blocks, got {ours['calibrate']}")
     if (ours["json"] or ours["calibrate"]) and not ours["plan_only"]:
         raise InputError("--json and --calibrate only apply with --dry-run")
+    check_runner(options)  # the Earth Engine budget depends on the runner
     runner = runner_name(options)
     try:
         budget = earth_engine.ee_budget(
@@ -149,6 +150,17 @@ def resolve(options: PipelineOptions, now: Optional[dt.datetime] = None) -> RunS
         progress_interval_s=ours["progress_interval_s"], run_id=run_id, created_at=created_at,
         our_options=ours, beam_options=beam_all, points_mode=ours["points_mode"], ee_budget=budget, runner=runner,
         json=ours["json"], calibrate=ours["calibrate"] or 0)
+
+
+def check_runner(options: PipelineOptions) -> None:
+    """`--runner` must name a Beam runner (Beam itself would fail only when the pipeline is created)."""
+    from apache_beam.runners.runner import create_runner
+
+    name = runner_name(options)
+    try:
+        create_runner(name)
+    except (ValueError, ImportError) as error:
+        raise InputError(f"--runner {name!r} is not a Beam runner: {error}") from None
 
 
 def runner_name(options: PipelineOptions) -> str:

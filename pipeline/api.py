@@ -1,9 +1,9 @@
 """The adapter card's Python API: `get_embedding` / `get_embeddings_batch` for DynamicVis on Sentinel-2 RGB.
 
 Same code as the pipeline, not a second implementation: pixels come from `earth_engine.fetch_tiles` on the
-pipeline's UTM tile grid and vectors from `models.DynamicVisEmbedder`. A spatial spec becomes one grid tile:
-`PointBuffer` -> the tile of side 2*buffer_m that contains the point, `BBox` -> the tile of side
-max(width, height) that contains its centre; so a result equals the pipeline's row for the same tile size.
+pipeline's UTM pixel lattice and vectors from `models.DynamicVisEmbedder`. A spatial spec becomes one chip
+(`tiles.chips`): `PointBuffer` -> the square of side 2*buffer_m in true ground metres centred on the point,
+`BBox` -> the box's pixel-snapped rectangle in its UTM zone; either is resized to the model's input size.
 
     emb = get_embedding("dynamicvis", spatial=PointBuffer(lon=121.5, lat=31.2, buffer_m=2048),
                         temporal=TemporalSpec.range("2022-06-01", "2022-09-01"), output=OutputSpec.pooled())
@@ -14,12 +14,11 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import functools
-import math
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from tiles.records import DeadLetter, Tile, TileRequest, TimeWindow
+from tiles.records import Chip, DeadLetter, Tile, TileRequest, TimeWindow
 
 MODEL_ID = "dynamicvis"
 
@@ -89,23 +88,18 @@ class Embedding:
 Spatial = Union[PointBuffer, BBox]
 
 
-def tile_for(spatial: Spatial, scale_m: float = 10.0) -> Tile:
-    """The grid tile a spatial spec stands for (see the module docstring)."""
-    from tiles.grid import tile_containing, to_utm, utm_epsg_for_lonlat
+def tile_for(spatial: Spatial, scale_m: float = 10.0) -> Chip:
+    """The chip a spatial spec stands for, on its UTM zone's pixel lattice (``tiles.chips``): a PointBuffer is
+    the square of side 2*buffer_m centred on the point (within half a pixel), a BBox its pixel-snapped
+    rectangle; both are resized to the model's input size."""
+    from tiles.chips import bbox_chip, point_chip
 
     if isinstance(spatial, PointBuffer):
         if spatial.buffer_m <= 0:
             raise ValueError("PointBuffer.buffer_m must be > 0 (half the side of the patch, metres)")
-        return tile_containing(spatial.lon, spatial.lat, max(1, math.ceil(2 * spatial.buffer_m / scale_m)), scale_m)
+        return point_chip(spatial.lon, spatial.lat, spatial.buffer_m, scale_m)
     if isinstance(spatial, BBox):
-        if not (spatial.minlon < spatial.maxlon and spatial.minlat < spatial.maxlat):
-            raise ValueError(f"BBox needs minlon < maxlon and minlat < maxlat, got {spatial}")
-        lon, lat = (spatial.minlon + spatial.maxlon) / 2, (spatial.minlat + spatial.maxlat) / 2
-        xs, ys = to_utm(utm_epsg_for_lonlat(lon, lat)).transform(
-            [spatial.minlon, spatial.maxlon, spatial.minlon, spatial.maxlon],
-            [spatial.minlat, spatial.minlat, spatial.maxlat, spatial.maxlat])
-        side = max(max(xs) - min(xs), max(ys) - min(ys))
-        return tile_containing(lon, lat, max(1, math.ceil(side / scale_m)), scale_m)
+        return bbox_chip(spatial.minlon, spatial.minlat, spatial.maxlon, spatial.maxlat, scale_m)
     raise TypeError(f"spatial must be PointBuffer or BBox, got {type(spatial).__name__}")
 
 
@@ -163,7 +157,11 @@ def _meta(config, output: OutputSpec, temporal: TemporalSpec, sensor: SensorSpec
                  "sensor": dataclasses.asdict(sensor), "backend": "gee"})
     if tile is not None:
         meta.update({"tile_id": tile.tile_id, "crs": tile.crs, "transform": list(tile.transform),
-                     "tile_px": tile.tile_px})
+                     "tile_px": tile.tile_px, "chip_hw": [tile.pixel_box[3], tile.pixel_box[2]]})
+        img = meta.get("image_size", meta.get("img"))
+        if img:  # ground metres per model-input pixel (a BBox is stretched to a square input, as the adapter did)
+            meta["effective_resolution_m"] = [tile.pixel_box[2] * tile.scale_m / img,
+                                              tile.pixel_box[3] * tile.scale_m / img]
     meta.update(extra)
     return meta
 

@@ -23,7 +23,7 @@ def s2_image(s2: S2Settings, crs: str, bounds: Tuple[float, float, float, float]
 
     An empty collection's composite has no bands at all, so ``select`` would fail the whole request;
     a fully masked placeholder is merged in first so that a footprint without scenes comes back as
-    SCENE_COUNT == 0 instead, per pixel, and each tile of a super-tile is judged on its own.
+    SCENE_COUNT == 0 instead, per pixel, and each tile of a shared request is judged on its own.
     """
     import ee
 

@@ -170,7 +170,7 @@ def get_embeddings_batch(model: str = MODEL_ID, *, spatials: Sequence[Spatial], 
                          output: OutputSpec = OutputSpec.pooled(), backend: str = "gee",
                          sensor: Optional[SensorSpec] = None, ee_settings=None, model_config=None,
                          device: str = "auto") -> List[Embedding]:
-    """One Embedding per spatial spec, fetched together (super-tiles, concurrency) and embedded in batches.
+    """One Embedding per spatial spec, fetched together (shared requests, concurrency) and embedded in batches.
     Raises RuntimeError naming the specs that could not be fetched (e.g. no scenes in the window)."""
     import earth_engine
 

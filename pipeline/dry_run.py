@@ -54,13 +54,19 @@ class Plan:
         """Tile requests (tiles x windows): the number of output rows the run aims for."""
         return self.summary.tile_requests
 
-    def wall_s(self) -> float:
-        """Fetch time at the concurrency cap with the (measured or assumed) latency."""
-        return self.fetch.seconds_at_latency
+    def embed_s(self) -> Optional[float]:
+        """With calibration: embedding time of the plan for one process at the rate measured here."""
+        c = self.calibration
+        return self.summary.tile_requests / c.embed_tiles_per_s if c and c.embed_tiles_per_s else None
 
-    def cost_usd(self) -> Optional[float]:
-        """CPU cost of the fetching processes for the wall time (one vCPU each), at the assumed list price."""
-        return self.fetch.budget.processes * self.wall_s() / 3600 * USD_PER_VCPU_HOUR
+    def wall_s(self) -> float:
+        """Fetch time at the concurrency cap with the (measured or assumed) latency; with calibration, at
+        least the embedding time of one process at the measured rate."""
+        return max(self.fetch.seconds_at_latency, self.embed_s() or 0.0)
+
+    def cost_usd(self) -> float:
+        """CPU cost of the fetching processes (one vCPU each) for the fetch time, at the assumed list price."""
+        return self.fetch.budget.processes * self.fetch.seconds_at_latency / 3600 * USD_PER_VCPU_HOUR
 
     def to_dict(self) -> Dict[str, Any]:
         fetch = self.fetch
@@ -85,6 +91,8 @@ class Plan:
             "latency_measured": self.calibration is not None,
             "seconds_at_latency": round(fetch.seconds_at_latency, 1),
             "cost_usd_fetch_cpu": round(self.cost_usd(), 2),
+            "embed_s_one_process": None if self.embed_s() is None else round(self.embed_s(), 1),
+            "wall_s": round(self.wall_s(), 1),
             "planning_s": round(self.planning_s, 3),
         }
         if self.calibration is not None:
@@ -114,9 +122,13 @@ class Plan:
             basis = f"measured {fetch.latency_s:.3f} s/request"
         else:
             basis = f"assuming ~{TYPICAL_LATENCY_S:g} s/request"
-        lines.append(f"time at the concurrency cap, {basis}: ~{fetch.seconds_at_latency:.0f} s "
+        lines.append(f"fetch time at the concurrency cap, {basis}: ~{fetch.seconds_at_latency:.1f} s "
                      f"({fetch.seconds_at_latency / 3600:.2f} h); fetch CPU cost ~${self.cost_usd():.2f} at "
                      f"${USD_PER_VCPU_HOUR}/vCPU-hour (GPU, Earth Engine EECU-time and Dataflow charges not included)")
+        if self.embed_s() is not None:
+            lines.append(f"embedding at the rate measured here: ~{self.embed_s():.1f} s for one process; wall time "
+                         f">= {self.wall_s():.1f} s ({self.wall_s() / 3600:.2f} h) with one embedding process "
+                         f"(divide the embedding part by the GPU workers' speed-up)")
         lines.append(f"planned in {self.planning_s:.2f} s")
         return "\n".join(lines)
 

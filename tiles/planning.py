@@ -12,8 +12,11 @@ Rules (documented decisions):
 - A tile is kept iff its footprint intersects the region with positive area (touching only along an
   edge, within 1 mm, does not count), so tiles that only touch a polygon's bounding box are dropped.
 - Each zone/hemisphere part of a region is tiled in that zone's own grid. Near a zone boundary (or the
-  equator) the tiles of both grids that reach the boundary are kept: neighbouring zones' tiles overlap
-  there by less than one tile, and nothing is left uncovered.
+  equator) the tiles of both grids that reach the boundary are kept, so nothing is left uncovered, and a
+  strip up to about one tile wide on each side is covered twice (e.g. 7-10 % of a 1x1 degree box on a
+  zone seam at 512 px; benchmarks/bench_plan.py). Rows carry ``is_primary`` (``tiles.grid.is_primary``):
+  keeping only those drops most duplicates, but the two grids do not line up, so a primary-only plan would
+  leave gaps (~1 % of such a box) and is deliberately not offered.
 - A tile id is emitted once per request id: all regions of one request are unioned first, and every
   grid row of a (request, zone) belongs to exactly one shard, so shards never repeat a tile.
 - Points use the zone/hemisphere of the point itself. By default (``points_mode='chip'``) each point

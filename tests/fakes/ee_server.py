@@ -150,7 +150,7 @@ def pixel_centres(transform: Sequence[float], width: int, height: int) -> Tuple[
     sx, shx, tx, shy, sy, ty = transform
     cols = np.arange(width) + 0.5
     rows = np.arange(height) + 0.5
-    if shx == 0 and shy == 0:  # north-up: 1-D is enough (cheap for big super-tiles)
+    if shx == 0 and shy == 0:  # north-up: 1-D is enough (cheap for big requests)
         return (tx + sx * cols)[None, :], (ty + sy * rows)[:, None]
     return (tx + sx * cols[None, :] + shx * rows[:, None], ty + shy * cols[None, :] + sy * rows[:, None])
 
@@ -250,7 +250,7 @@ class FakeEarthEngine:
     def fail_where(self, x: float, y: float, fault: Fault, times: Optional[int] = None,
                    max_width: Optional[int] = None) -> None:
         """Answer calls whose footprint covers ground point (x, y) (and, optionally, that are at most
-        ``max_width`` pixels wide: e.g. fail only super-tiles) with ``fault``."""
+        ``max_width`` pixels wide: e.g. fail only requests of several tiles) with ``fault``."""
         self.add_rule(lambda call: call.covers(x, y) and (max_width is None or call.width <= max_width),
                       fault, times)
 

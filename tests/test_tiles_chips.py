@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pyproj
 import pytest
 import shapely
+import shapely.affinity
 
 from tiles.chips import bbox_chip, chip_centre_utm, point_chip
 from tiles.grid import is_primary, tile_footprint_wgs84, tile_from_id, to_utm
@@ -101,8 +102,14 @@ def test_antimeridian_footprints_are_valid_multipolygons_in_geoparquet(tmp_path)
     geometry = shapely.from_wkb(back["geometry"])
     assert geometry.geom_type == "MultiPolygon" and geometry.is_valid
     assert "MultiPolygon" in pq.read_schema(tmp_path / "x.parquet").metadata[b"geo"].decode()
-    wkt = to_bigquery_row(row)["geometry"]
-    assert wkt.startswith("MULTIPOLYGON") and shapely.from_wkt(wkt).is_valid
+    # BigQuery GEOGRAPHY (spherical edges): one loop again, every edge short (none the long way round the globe)
+    loop = np.asarray(shapely.get_coordinates(shapely.from_wkt(to_bigquery_row(row)["geometry"])))
+    assert to_bigquery_row(row)["geometry"].startswith("POLYGON")
+    steps = np.abs(np.diff(loop[:, 0]))
+    assert (np.minimum(steps, 360 - steps) < 1.0).all() and (steps > 180).any()
+    unwrapped = shapely.Polygon(np.column_stack([np.where(loop[:, 0] < 0, loop[:, 0] + 360, loop[:, 0]), loop[:, 1]]))
+    shifted = shapely.union_all([shapely.affinity.translate(g, 360) if g.bounds[2] <= 0 else g for g in geometry.geoms])
+    assert unwrapped.is_valid and unwrapped.symmetric_difference(shifted).area < 1e-12
 
 
 def _primary_counts(tiles, points):

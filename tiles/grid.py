@@ -122,6 +122,21 @@ def split_at_antimeridian(footprint: shapely.Geometry) -> shapely.Geometry:
     return shapely.MultiPolygon(parts) if len(parts) > 1 else parts[0]
 
 
+def geodesic_wkt(footprint: shapely.Geometry) -> str:
+    """WKT for a spherical GEOGRAPHY (BigQuery): a footprint split at the antimeridian becomes one loop again,
+    its edges across +-180 deg being the short geodesics, so no two parts share an edge on the sphere."""
+    min_x, _, max_x, _ = footprint.bounds
+    if footprint.geom_type != "MultiPolygon" or not (min_x <= -180.0 and max_x >= 180.0):
+        return footprint.wkt
+    shifted = [shapely.affinity.translate(p, 360.0) if p.bounds[2] <= 0 else p for p in footprint.geoms]
+    merged = shapely.union_all(shifted)
+    if merged.geom_type != "Polygon":
+        return footprint.wkt
+    ring = np.asarray(shapely.get_coordinates(merged.exterior))
+    ring[:, 0] = np.where(ring[:, 0] > 180.0, ring[:, 0] - 360.0, ring[:, 0])
+    return "POLYGON ((" + ", ".join(f"{float(x)!r} {float(y)!r}" for x, y in ring) + "))"
+
+
 def tile_footprint_wgs84(tile: Area, points_per_side: int = 8) -> shapely.Geometry:
     """Footprint as a lon/lat polygon; each side is densified because UTM lines are curved in lon/lat.
     A footprint crossing the antimeridian comes back as a MultiPolygon split at +-180 deg."""

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from tiles import records
-from tiles.grid import is_primary, tile_center_lonlat, tile_footprint_wgs84
+from tiles.grid import geodesic_wkt, is_primary, tile_center_lonlat, tile_footprint_wgs84
 from tiles.records import TileRequest, TimeWindow
 
 GEOMETRY_COLUMN = "geometry"
@@ -54,7 +54,8 @@ _COLUMNS = [
     ("lon", pa.float64(), "FLOAT64", "REQUIRED", "tile centre longitude (WGS84)"),
     ("lat", pa.float64(), "FLOAT64", "REQUIRED", "tile centre latitude (WGS84)"),
     (GEOMETRY_COLUMN, pa.binary(), "GEOGRAPHY", "REQUIRED",
-     "tile footprint (WKB in Parquet); split at the antimeridian into a MultiPolygon where it crosses it"),
+     "tile footprint (WKB in Parquet, planar edges: split at the antimeridian into a MultiPolygon where it "
+     "crosses it; one geodesic loop in BigQuery)"),
     ("is_primary", pa.bool_(), "BOOL", "REQUIRED",
      "the tile's centre lies in its own UTM zone's 6-degree band and hemisphere: keep only these rows to drop "
      "most duplicates where the grids of two zones (or hemispheres) overlap at a seam"),
@@ -193,7 +194,7 @@ def to_bigquery_row(row: Mapping[str, Any]) -> Dict[str, Any]:
     from shapely import wkb
 
     out = {name: row[name] for name, *_ in _COLUMNS}
-    out[GEOMETRY_COLUMN] = wkb.loads(row[GEOMETRY_COLUMN]).wkt
+    out[GEOMETRY_COLUMN] = geodesic_wkt(wkb.loads(row[GEOMETRY_COLUMN]))
     out["start_date"] = row["start_date"].isoformat()
     out["end_date"] = row["end_date"].isoformat()
     out["created_at"] = row["created_at"].astimezone(dt.timezone.utc).isoformat()

@@ -19,7 +19,6 @@ import datetime as dt
 import logging
 import math
 import sys
-import time
 from typing import List, Sequence, Tuple
 
 import apache_beam as beam

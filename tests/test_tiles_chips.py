@@ -13,7 +13,7 @@ import shapely
 import shapely.affinity
 
 from tiles.chips import bbox_chip, chip_centre_utm, point_chip
-from tiles.grid import is_primary, tile_footprint_wgs84, tile_from_id, to_utm
+from tiles.grid import is_primary, tile_footprint_wgs84, tile_from_id
 from tiles.planning import expand_shard, plan_shards
 from tiles.records import Chip, Tile
 from tiles.regions import Region, parse_bbox

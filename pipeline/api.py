@@ -1,9 +1,9 @@
 """The adapter card's Python API: `get_embedding` / `get_embeddings_batch` for DynamicVis on Sentinel-2 RGB.
 
 Same code as the pipeline, not a second implementation: pixels come from `earth_engine.fetch_tiles` on the
-pipeline's UTM pixel lattice and vectors from `models.DynamicVisEmbedder`. A spatial spec becomes one chip
-(`tiles.chips`): `PointBuffer` -> the square of side 2*buffer_m in true ground metres centred on the point,
-`BBox` -> the box's pixel-snapped rectangle in its UTM zone; either is resized to the model's input size.
+pipeline's UTM tile grid and vectors from `models.DynamicVisEmbedder`. A spatial spec becomes one grid tile:
+`PointBuffer` -> the tile of side 2*buffer_m that contains the point, `BBox` -> the tile of side
+max(width, height) that contains its centre; so a result equals the pipeline's row for the same tile size.
 
     emb = get_embedding("dynamicvis", spatial=PointBuffer(lon=121.5, lat=31.2, buffer_m=2048),
                         temporal=TemporalSpec.range("2022-06-01", "2022-09-01"), output=OutputSpec.pooled())
@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import functools
+import math
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
@@ -103,6 +104,16 @@ def tile_for(spatial: Spatial, scale_m: float = 10.0) -> Chip:
     raise TypeError(f"spatial must be PointBuffer or BBox, got {type(spatial).__name__}")
 
 
+def chip_meta(chip: Optional[Chip], image_size: Optional[int]) -> Dict[str, Any]:
+    """The chip's pixel size and the effective ground resolution once resized to the model input (a BBox is
+    stretched to the square input, as the adapter did): metres per input pixel along x and y."""
+    if chip is None or not image_size:
+        return {}
+    _, _, width, height = chip.pixel_box
+    return {"chip_hw": [height, width],
+            "effective_resolution_m": [width * chip.scale_m / image_size, height * chip.scale_m / image_size]}
+
+
 @functools.lru_cache(maxsize=4)
 def _embedder(config):
     import models
@@ -157,12 +168,9 @@ def _meta(config, output: OutputSpec, temporal: TemporalSpec, sensor: SensorSpec
                  "sensor": dataclasses.asdict(sensor), "backend": "gee"})
     if tile is not None:
         meta.update({"tile_id": tile.tile_id, "crs": tile.crs, "transform": list(tile.transform),
-                     "tile_px": tile.tile_px, "chip_hw": [tile.pixel_box[3], tile.pixel_box[2]]})
-        img = meta.get("image_size", meta.get("img"))
-        if img:  # ground metres per model-input pixel (a BBox is stretched to a square input, as the adapter did)
-            meta["effective_resolution_m"] = [tile.pixel_box[2] * tile.scale_m / img,
-                                              tile.pixel_box[3] * tile.scale_m / img]
+                     "tile_px": tile.tile_px})
     meta.update(extra)
+    meta.update(chip_meta(tile, meta.get("image_size", meta.get("img"))))
     return meta
 
 
@@ -170,7 +178,7 @@ def get_embeddings_batch(model: str = MODEL_ID, *, spatials: Sequence[Spatial], 
                          output: OutputSpec = OutputSpec.pooled(), backend: str = "gee",
                          sensor: Optional[SensorSpec] = None, ee_settings=None, model_config=None,
                          device: str = "auto") -> List[Embedding]:
-    """One Embedding per spatial spec, fetched together (shared requests, concurrency) and embedded in batches.
+    """One Embedding per spatial spec, fetched together (super-tiles, concurrency) and embedded in batches.
     Raises RuntimeError naming the specs that could not be fetched (e.g. no scenes in the window)."""
     import earth_engine
 

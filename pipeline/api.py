@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from tiles.records import Chip, DeadLetter, Tile, TileRequest, TimeWindow
+from tiles.records import DeadLetter, Tile, TileRequest, TimeWindow
 
 MODEL_ID = "dynamicvis"
 
@@ -89,7 +89,17 @@ class Embedding:
 Spatial = Union[PointBuffer, BBox]
 
 
-def tile_for(spatial: Spatial, scale_m: float = 10.0) -> Chip:
+def _chip_meta(chip: Any, image_size: Optional[int]) -> Dict[str, Any]:
+    """The chip's pixel size and the effective ground resolution once resized to the model input (a BBox is
+    stretched to the square input, as the adapter did): metres per input pixel along x and y."""
+    if chip is None or not image_size:
+        return {}
+    _, _, width, height = chip.pixel_box
+    return {"chip_hw": [height, width],
+            "effective_resolution_m": [width * chip.scale_m / image_size, height * chip.scale_m / image_size]}
+
+
+def tile_for(spatial: Spatial, scale_m: float = 10.0) -> "tiles.records.Chip":
     """The chip a spatial spec stands for, on its UTM zone's pixel lattice (``tiles.chips``): a PointBuffer is
     the square of side 2*buffer_m centred on the point (within half a pixel), a BBox its pixel-snapped
     rectangle; both are resized to the model's input size."""
@@ -102,16 +112,6 @@ def tile_for(spatial: Spatial, scale_m: float = 10.0) -> Chip:
     if isinstance(spatial, BBox):
         return bbox_chip(spatial.minlon, spatial.minlat, spatial.maxlon, spatial.maxlat, scale_m)
     raise TypeError(f"spatial must be PointBuffer or BBox, got {type(spatial).__name__}")
-
-
-def chip_meta(chip: Optional[Chip], image_size: Optional[int]) -> Dict[str, Any]:
-    """The chip's pixel size and the effective ground resolution once resized to the model input (a BBox is
-    stretched to the square input, as the adapter did): metres per input pixel along x and y."""
-    if chip is None or not image_size:
-        return {}
-    _, _, width, height = chip.pixel_box
-    return {"chip_hw": [height, width],
-            "effective_resolution_m": [width * chip.scale_m / image_size, height * chip.scale_m / image_size]}
 
 
 @functools.lru_cache(maxsize=4)
@@ -170,7 +170,7 @@ def _meta(config, output: OutputSpec, temporal: TemporalSpec, sensor: SensorSpec
         meta.update({"tile_id": tile.tile_id, "crs": tile.crs, "transform": list(tile.transform),
                      "tile_px": tile.tile_px})
     meta.update(extra)
-    meta.update(chip_meta(tile, meta.get("image_size", meta.get("img"))))
+    meta.update(_chip_meta(tile, meta.get("image_size", meta.get("img"))))
     return meta
 
 

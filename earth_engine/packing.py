@@ -25,6 +25,8 @@ from tiles.records import TileRequest, TimeWindow
 
 Box = Tuple[int, int, int, int]  # x0, y0, width, height in pixels of the lattice
 FALLBACK_CELL_PX = 8192  # requests the planner did not pack are grouped by lattice cells of this size
+MIN_FILL = 0.25  # a request's boxes cover at least this share of its pixels: scattered chips are not merged
+                # into mostly-empty rectangles, which would cost Earth Engine compute and latency for nothing
 
 
 def max_request_pixels(s2: S2Settings) -> int:
@@ -98,7 +100,22 @@ def _best_window(x0, y0, w, h, top, alive, anchor: int, win_w: int, win_h: int) 
              - end_area[np.searchsorted(np.sort(c_hi), probes, side="left")])
     k = int(np.argmax(depth))
     best = int(probes[k])
-    return float(depth[k]), cand[(c_lo <= best) & (c_hi >= best)]
+    chosen = cand[(c_lo <= best) & (c_hi >= best)]
+    return _filled(x0, y0, w, h, anchor, chosen)
+
+
+def _filled(x0, y0, w, h, anchor: int, chosen: np.ndarray) -> Tuple[float, np.ndarray]:
+    """(area, members): the nearest boxes to the anchor whose bounding box is at least MIN_FILL covered."""
+    dist = np.maximum(np.abs(x0[chosen] - x0[anchor]), np.abs(y0[chosen] + h[chosen] - y0[anchor] - h[anchor]))
+    chosen = chosen[np.argsort(dist, kind="stable")]
+    left = np.minimum.accumulate(x0[chosen])
+    bottom = np.minimum.accumulate(y0[chosen])
+    right = np.maximum.accumulate(x0[chosen] + w[chosen])
+    top = np.maximum.accumulate(y0[chosen] + h[chosen])
+    area = np.cumsum((w[chosen] * h[chosen]).astype(np.float64))
+    fill = area / ((right - left) * (top - bottom))
+    k = int(np.flatnonzero(fill >= MIN_FILL - 1e-12).max()) + 1  # the anchor alone fills its box
+    return float(area[k - 1]), chosen[:k]
 
 
 def pack_boxes(boxes: Sequence[Box], max_px: int, max_side: int = COMPUTE_PIXELS_MAX_SIDE_PX) -> List[List[int]]:

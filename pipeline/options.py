@@ -80,12 +80,12 @@ class EmbeddingOptions(PipelineOptions):
         _flag(g, "ee-quota-rps", type=float, default=100.0,
               help="the EE project's requests/s quota, split over the fetching processes (default 100)")
         _flag(g, "ee-max-concurrency", type=int, default=None,
-              help="concurrent EE requests per fetching process (default: --ee-quota-concurrent / processes)")
+              help="concurrent EE requests per fetching process (default: the project quota over the processes)")
         _flag(g, "ee-requests-per-s", type=float, default=None,
-              help="EE requests/s per fetching process (default: --ee-quota-rps / processes)")
+              help="EE requests/s per fetching process (default: the project quota over the processes)")
         _flag(g, "ee-workers", type=int, default=None,
-              help="fetching processes sharing the EE quota (default: from the runner: DirectRunner "
-                   "--direct_num_workers in multi_processing, Dataflow --max_num_workers x SDK processes)")
+              help="fetching processes sharing the EE quota (default: from the runner, see docs/DEPLOY.md: "
+                   "DirectRunner's workers in multi_processing mode, Dataflow's max workers x SDK processes)")
 
         g = parser.add_argument_group("model")
         _flag(g, "checkpoint", default=None,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import earth_engine
-from earth_engine.packing import Block, bounding_box, count_requests, intersection, pack, pack_boxes, pieces
+from earth_engine.packing import MIN_FILL, Block, bounding_box, count_requests, intersection, pack, pack_boxes, pieces
 from earth_engine.settings import COMPUTE_PIXELS_MAX_BYTES, COMPUTE_PIXELS_MAX_SIDE_PX
 from tests.fakes.ee_server import synthetic_pixels
 from tiles.records import Chip, DeadLetter, Tile, TilePixels, TileRequest, TimeWindow
@@ -61,11 +61,16 @@ def test_compact_regions_need_few_requests_per_tile(tile_px, bound):
 
 def test_ragged_regions_are_packed_and_covered_exactly_once():
     rng = np.random.default_rng(3)
-    cells = {(int(x), int(y)) for x, y in rng.integers(-40, 40, size=(600, 2))}  # scattered, with holes
+    cells = {(int(x), int(y)) for x, y in rng.integers(-20, 20, size=(600, 2))}  # ~1/3 of the ground, holes
     boxes = grid_boxes(256, sorted(cells))
     groups = pack_boxes(boxes, MAX_PX)
     check_blocks(boxes, groups)
-    assert len(groups) < len(boxes) / 3
+    assert len(groups) < len(boxes) / 5
+    for group in groups:  # no mostly-empty request: its boxes cover at least MIN_FILL of it
+        _, _, w, h = bounding_box(boxes[i] for i in group)
+        assert len(group) * 256 * 256 >= MIN_FILL * w * h
+    far = grid_boxes(32, [(0, 0), (2000, 0), (4000, 3)])  # chips far apart: one request each, not a strip
+    assert len(pack_boxes(far, MAX_PX)) == 3
     # a ring: holes inside a block are allowed
     ring = grid_boxes(128, [(i, j) for i in range(12) for j in range(12) if i in (0, 11) or j in (0, 11)])
     assert len(pack_boxes(ring, MAX_PX)) == 1

@@ -92,7 +92,8 @@ def test_antimeridian_footprints_are_valid_multipolygons_in_geoparquet(tmp_path)
 
     tile = tiles[[f.geom_type for f in footprints].index("MultiPolygon")]
     meta = TileMeta(TileRequest(tile, TimeWindow(dt.date(2024, 6, 1), dt.date(2024, 7, 1))), 1.0, 3)
-    model = {"arch": "b", "img": 64, "path_type": "forward_reverse_shuffle_gate", "sampling_scale": 0.1}
+    model = {"arch": "b", "img": 64, "image_size": 64, "path_type": "forward_reverse_shuffle_gate",
+             "sampling_scale": 0.1}
     from transforms.schema import RunInfo
     run = RunInfo("0", "median", 30.0, "mean", dt.datetime(2024, 7, 1, tzinfo=dt.timezone.utc))
     row = encode_row(meta, np.zeros(4, np.float32), model, run)

@@ -45,8 +45,8 @@ Launcher options (flag | environment variable | default):
   --ee-project ID         EE_PROJECT                  PROJECT; Earth Engine project billed for requests
   --ee-quota-concurrent N EE_QUOTA_CONCURRENT         40; the EE project's concurrent-request quota
   --ee-quota-rps R        EE_QUOTA_RPS                100; the EE project's requests/s quota
-                                                      (split over all SDK processes: --ee-max-concurrency and
-                                                      --ee-requests-per-s are derived unless given after --)
+                                                      (passed on: the pipeline splits both over the fetching
+                                                      SDK processes, see its --dry-run --json)
   --job-name NAME         DATAFLOW_JOB_NAME           dynamicvis-embed-UTCSTAMP
   --python PATH           PYTHON                      python3; interpreter with the project installed
   --dry-run                                           print the exact command, launch nothing
@@ -228,19 +228,15 @@ fi
 # Pipeline options: --output must be on GCS; what the launcher sets must not be given twice.
 OUTPUT=''
 expect_output=0
-HAS_EE_CONCURRENCY=0
-HAS_EE_RATE=0
 for arg in "${PIPELINE_ARGS[@]}"; do
   if [[ $expect_output == 1 ]]; then OUTPUT=$arg; expect_output=0; continue; fi
   case $arg in
     --output) expect_output=1 ;;
     --output=*) OUTPUT=${arg#--output=} ;;
-    --ee-max-concurrency*|--ee_max_concurrency*) HAS_EE_CONCURRENCY=1 ;;
-    --ee-requests-per-s*|--ee_requests_per_s*) HAS_EE_RATE=1 ;;
     --runner|--runner=*|--project|--project=*|--region|--region=*|--temp_location*|--staging_location*|\
     --sdk_container_image*|--sdk_location*|--machine_type*|--worker_machine_type*|--max_num_workers*|\
     --num_workers*|--disk_size_gb*|--service_account_email*|--subnetwork*|--dataflow_service_options*|\
-    --setup_file*|--job_name*|--gpu|--gpu=*|--ee-project*|--ee_project*)
+    --setup_file*|--job_name*|--gpu|--gpu=*|--ee-project*|--ee_project*|--ee-quota-*|--ee_quota_*)
       err "pipeline option '${arg%%=*}' is set by the launcher; use the launcher option instead (see --help)" ;;
   esac
 done
@@ -257,23 +253,6 @@ if [[ ${#ERRORS[@]} -gt 0 ]]; then
   exit 2
 fi
 
-# ---- Earth Engine quota split ----------------------------------------------------------------------------------
-# The project's EE quotas are shared by every SDK process of the job that fetches: max workers x one process per
-# vCPU of the machine that runs the fetch step (one per worker with --single-sdk-process).
-if [[ $GPU_MODE == step ]]; then FETCH_MACHINE=$MACHINE_TYPE; else FETCH_MACHINE=$GPU_MACHINE_TYPE; fi
-VCPUS=${FETCH_MACHINE##*-}
-if [[ $FETCH_MACHINE == *-custom-* ]]; then VCPUS=$(cut -d- -f3 <<<"$FETCH_MACHINE"); fi
-[[ $SINGLE_SDK_PROCESS == 1 ]] && VCPUS=1
-FETCH_PROCESSES=$((MAX_WORKERS * VCPUS))
-EE_CONCURRENCY=$((EE_QUOTA_CONCURRENT / FETCH_PROCESSES))
-if [[ $EE_CONCURRENCY -lt 1 ]]; then
-  EE_CONCURRENCY=1
-  echo "$PROG: note: $FETCH_PROCESSES fetching SDK processes ($MAX_WORKERS workers x $VCPUS) exceed the EE" \
-       "concurrency quota ($EE_QUOTA_CONCURRENT) at one request each: expect 429 retries; lower --max-workers" \
-       "or ask for more EE quota" >&2
-fi
-EE_RATE=$(awk -v q="$EE_QUOTA_RPS" -v n="$FETCH_PROCESSES" 'BEGIN { printf "%.3g", q / n }')
-
 # ---- the command ---------------------------------------------------------------------------------------------
 GPU_SPEC="type:${ACCELERATOR};count:1;install-nvidia-driver"
 CMD=("$PYTHON" -m pipeline
@@ -287,6 +266,8 @@ CMD=("$PYTHON" -m pipeline
   "--max_num_workers=$MAX_WORKERS"
   "--disk_size_gb=$DISK_SIZE_GB"
   "--ee-project=$EE_PROJECT"
+  "--ee-quota-concurrent=$EE_QUOTA_CONCURRENT"
+  "--ee-quota-rps=$EE_QUOTA_RPS"
 )
 if [[ $GPU_MODE == step ]]; then
   # Right fitting: GPU workers only for the step carrying the hint; the rest runs on CPU workers.
@@ -304,8 +285,6 @@ fi
 [[ -n $SUBNETWORK ]] && CMD+=("--subnetwork=$SUBNETWORK")
 [[ $NO_PUBLIC_IPS == 1 ]] && CMD+=(--no_use_public_ips)
 [[ $SINGLE_SDK_PROCESS == 1 ]] && CMD+=(--experiments=no_use_multiple_sdk_containers)
-[[ $HAS_EE_CONCURRENCY == 0 ]] && CMD+=("--ee-max-concurrency=$EE_CONCURRENCY")
-[[ $HAS_EE_RATE == 0 ]] && CMD+=("--ee-requests-per-s=$EE_RATE")
 CMD+=("${PIPELINE_ARGS[@]}")
 
 if [[ $DRY_RUN == 1 ]]; then

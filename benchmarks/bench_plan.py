@@ -1,6 +1,7 @@
-"""Dry-run planning at continent scale: tile counts, seconds and peak Python memory.
+"""Dry-run planning at continent scale (tile counts, seconds, peak Python memory), and the ground covered twice
+at zone seams and the equator with all tiles and with ``is_primary`` tiles only (random points, Monte Carlo).
 
-    /work/venv/bin/python benchmarks/bench_plan.py [--tile-px 512] [--scale-m 10]
+    /work/venv/bin/python benchmarks/bench_plan.py [--tile-px 512] [--scale-m 10] [--seam-points 20000]
 """
 from __future__ import annotations
 
@@ -30,11 +31,49 @@ CASES = {
 }
 
 
+SEAM_CASES = {
+    "zone seam 6E, 45-46N": "5.5,45.0,6.5,46.0",
+    "zone seam 12E, 60-61N": "11.5,60.0,12.5,61.0",
+    "equator, 20-21E": "20.0,-0.5,21.0,0.5",
+}
+
+
+def seam_coverage(bbox: str, tile_px: int, scale_m: float, n_points: int) -> dict:
+    """Share of random points of the box covered by 0 / 2+ planned tiles, and by 0 / 2+ primary tiles."""
+    import numpy as np
+
+    from tiles.grid import is_primary, tile_footprint_wgs84
+    from tiles.planning import expand_shard, plan_shards
+
+    tiles = [t for shard in plan_shards([parse_bbox(bbox)], tile_px, scale_m) for t in expand_shard(shard)]
+    footprints = [tile_footprint_wgs84(t, 16) for t in tiles]
+    primary = np.array([is_primary(t) for t in tiles])
+    w, s, e, n = map(float, bbox.split(","))
+    rng = np.random.default_rng(0)
+    points = shapely.points(rng.uniform(w, e, n_points), rng.uniform(s, n, n_points))
+    hits = shapely.STRtree(footprints).query(points, predicate="within")
+    every = np.bincount(hits[0], minlength=n_points)
+    prim = np.bincount(hits[0][primary[hits[1]]], minlength=n_points)
+    return {"tiles": len(tiles), "primary": int(primary.sum()), "twice": (every >= 2).mean(),
+            "gap": (every == 0).mean(), "primary_twice": (prim >= 2).mean(), "primary_gap": (prim == 0).mean()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tile-px", type=int, default=512)
     parser.add_argument("--scale-m", type=float, default=10.0)
+    parser.add_argument("--seam-points", type=int, default=20000)
+    parser.add_argument("--seams-only", action="store_true")
     args = parser.parse_args()
+    print(f"seams ({args.tile_px} px tiles, {args.seam_points} random points per 1x1 deg box):")
+    print(f"  {'box':26} {'tiles':>6} {'primary':>8} {'covered 2x':>11} {'gap':>6} {'primary 2x':>11} "
+          f"{'primary gap':>12}")
+    for name, bbox in SEAM_CASES.items():
+        c = seam_coverage(bbox, args.tile_px, args.scale_m, args.seam_points)
+        print(f"  {name:26} {c['tiles']:6d} {c['primary']:8d} {c['twice']:11.2%} {c['gap']:6.2%} "
+              f"{c['primary_twice']:11.2%} {c['primary_gap']:12.2%}")
+    if args.seams_only:
+        return
     for name, make_regions in CASES.items():
         regions = make_regions()
         tracemalloc.start()

@@ -56,7 +56,7 @@ def chaos_faults(seed: int) -> FaultRates:
 def pipeline_argv(server_url: str, output: str, checkpoint: str, bbox: str = DEFAULT_BBOX,
                   extra: Sequence[str] = ()) -> List[str]:
     return [f"--bbox={bbox}", "--start", START, "--end", END, "--windows", "monthly", "--output", str(output),
-            "--tile-px", "32", "--img-size", "64", "--super-tile", "1", "--checkpoint", str(checkpoint),
+            "--tile-px", "32", "--img-size", "64", "--ee-request-px", str(32 * 32), "--checkpoint", str(checkpoint),
             "--ee-endpoint", server_url, "--ee-credentials", "anonymous", "--ee-project", PROJECT,
             "--max-batch-size", "8", "--progress-interval-s", "3600", *extra]
 

@@ -40,8 +40,9 @@ SETTINGS = {
     "disk_size_gb": ("100", "worker boot disk (GB); the CUDA image needs >= 50"),
     "service_account": ("", "worker service account email; empty: the project's default"),
     "ee_project": ("", "Earth Engine project; empty: project"),
-    "ee_quota_concurrent": ("40", "the EE project's concurrent-request quota, split over the fetching processes"),
-    "ee_quota_rps": ("100", "the EE project's requests/s quota, split over the fetching processes"),
+    "ee_quota_concurrent": ("40", "the EE project's concurrent-request quota (the pipeline splits it over the "
+                                  "fetching processes)"),
+    "ee_quota_rps": ("100", "the EE project's requests/s quota (the pipeline splits it over the fetching processes)"),
     "region_geojson": (REQUIRED, "GeoJSON (gs://...) of the region to embed"),
     "output_root": (REQUIRED, "gs://BUCKET/PATH; each month writes to <output_root>/<YYYY-MM>"),
     "checkpoint": ("", "model checkpoint (hf://, gs:// or a path in the image); empty: the pipeline's default"),
@@ -70,16 +71,6 @@ def setting(context, name: str) -> str:
     return str(value)
 
 
-@pass_context
-def ee_limit(context, what: str) -> str:
-    """Per-SDK-process EE limits: the project quotas over max_workers x vCPUs of the CPU (fetch) workers,
-    as run_dataflow.sh derives them."""
-    processes = int(setting(context, "max_workers")) * int(setting(context, "machine_type").rsplit("-", 1)[1])
-    if what == "concurrency":
-        return str(max(1, int(setting(context, "ee_quota_concurrent")) // processes))
-    return f"{float(setting(context, 'ee_quota_rps')) / processes:.3g}"
-
-
 def _s(name: str) -> str:
     return "{{ setting('%s') }}" % name
 
@@ -97,7 +88,7 @@ with DAG(
     catchup=False,  # history: `airflow backfill create --dag-id ... --from-date ... --to-date ...`
     max_active_runs=1,  # one job at a time: GPU and Earth Engine quotas are per project
     params={name: Param(None, type=["null", "string"], description=doc) for name, (_, doc) in SETTINGS.items()},
-    user_defined_macros={"setting": setting, "ee_limit": ee_limit},
+    user_defined_macros={"setting": setting},
     default_args={
         "owner": "dynamicvis",
         "retries": 2,
@@ -126,8 +117,8 @@ with DAG(
             # pipeline
             "ee-project": "{{ setting('ee_project') or setting('project') }}",
             "gpu": GPU_HINT,
-            "ee-max-concurrency": "{{ ee_limit('concurrency') }}",
-            "ee-requests-per-s": "{{ ee_limit('rate') }}",
+            "ee-quota-concurrent": _s("ee_quota_concurrent"),
+            "ee-quota-rps": _s("ee_quota_rps"),
             "geojson": _s("region_geojson"),
             "start": "{{ data_interval_start | ds }}",
             "end": "{{ data_interval_end | ds }}",

@@ -1,4 +1,5 @@
-"""Fetching tile pixels with computePixels: super-tiles, limits, retries, fallback, dead letters."""
+"""Fetching tile and chip pixels with computePixels: packed blocks, limits, retries, fallback, stitching,
+dead letters."""
 from __future__ import annotations
 
 import concurrent.futures
@@ -15,11 +16,12 @@ from earth_engine.errors import (ErrorKind, MalformedResponseError, NoScenesErro
 from earth_engine.image import s2_image
 from earth_engine.quota import process_limiter
 from earth_engine.settings import SCENE_COUNT_BAND, EESettings, S2Settings
-from earth_engine.super_tiles import Block, group_into_blocks
+from earth_engine.packing import Block, array_window, intersection, pack
 from tiles.records import DeadLetter, TilePixels, TileRequest
 
 STAGE = "fetch"
 Result = Union[TilePixels, DeadLetter]
+Outcome = Tuple[Optional[np.ndarray], Optional[BaseException], int]  # (pixels, error, attempts)
 
 sleep: Callable[[float], None] = time.sleep  # the retry sleep; tests patch this, not the client
 
@@ -43,34 +45,68 @@ class Fetcher:
 
     # ------------------------------------------------------------------ public
     def fetch(self, requests: Sequence[TileRequest]) -> List[Result]:
-        """One result (pixels or dead letter) per request, in input order. Never raises per tile."""
-        blocks = group_into_blocks(requests, self.s2)
-        results: Dict[int, Result] = {}
+        """One result (pixels or dead letter) per request, in input order. Never raises per tile.
+
+        Requests are packed into blocks (``packing.pack``); a failed block of several tiles is retried
+        tile by tile; a tile fetched in pieces is stitched from them and fails if any piece failed."""
+        blocks = pack(requests, self.s2)
+        outcomes: Dict[int, List[Tuple[Block, Outcome]]] = {}
+        notes: Dict[int, str] = {}
         with concurrent.futures.ThreadPoolExecutor(max_workers=self.s2.concurrency) as pool:
-            fallback: List[Tuple[Block, int, BaseException]] = []
-            for block, (pixels, error, attempts) in zip(blocks, pool.map(self._attempt, blocks)):
-                if error is None:
-                    self._collect(results, self._tile_results(block, pixels, attempts))
-                elif block.n_tiles > 1 and classify(error) is not ErrorKind.NO_SCENES:
+            retry: List[Tuple[Block, int, BaseException]] = []
+            for block, outcome in zip(blocks, pool.map(self._attempt, blocks)):
+                _, error, attempts = outcome
+                if error is not None and block.n_boxes > 1 and classify(error) is not ErrorKind.NO_SCENES:
                     self.metrics.inc(m.SUPER_TILE_FALLBACKS)
-                    fallback += [(single, attempts, error) for single in block.singles()]
+                    retry += [(single, attempts, error) for single in block.singles(self.s2)]
                 else:
-                    self._collect(results, self._dead_letters(block, error, attempts))
-            singles = [single for single, _, _ in fallback]
-            for (single, prior, super_error), (pixels, error, attempts) in zip(
-                    fallback, pool.map(self._attempt, singles)):
-                if error is None:
-                    self._collect(results, self._tile_results(single, pixels, prior + attempts))
-                else:
-                    self._collect(results, self._dead_letters(
-                        single, error, prior + attempts, f" (super-tile failed first: {super_error})"))
+                    self._record(outcomes, block, outcome)
+            singles = [single for single, _, _ in retry]
+            for (single, prior, first_error), (pixels, error, attempts) in zip(
+                    retry, pool.map(self._attempt, singles)):
+                self._record(outcomes, single, (pixels, error, prior + attempts))
+                for r in single.requests:
+                    notes[id(r)] = f" (the request of several tiles failed first: {first_error})"
+        results = {}
+        for r in requests:
+            if id(r) not in results and id(r) in outcomes:
+                results[id(r)] = self._result(r, outcomes[id(r)], notes.get(id(r), ""))
         missing = [r for r in requests if id(r) not in results]
         if missing:  # a bug, never expected; still, no tile is dropped silently
             raise AssertionError(f"{len(missing)} tile requests got no result, e.g. {missing[0].key}")
         return [results[id(r)] for r in requests]
 
+    @staticmethod
+    def _record(outcomes: Dict[int, List[Tuple[Block, "Outcome"]]], block: Block, outcome: "Outcome") -> None:
+        for r in block.requests:
+            outcomes.setdefault(id(r), []).append((block, outcome))
+
+    def _result(self, request: TileRequest, parts: List[Tuple[Block, "Outcome"]], note: str) -> Result:
+        """Stitch the request's pixels from its block(s), or its dead letter."""
+        attempts = max(outcome[2] for _, outcome in parts)
+        for block, (_, error, tries) in parts:
+            if error is not None:
+                self.metrics.inc(m.TILES_DEAD)
+                return DeadLetter.for_request(request, STAGE, (str(error) or repr(error)) + note, tries,
+                                              error_class=error_class(error))
+        box = request.tile.pixel_box
+        if len(parts) == 1 and parts[0][0].box == box:
+            cut = parts[0][1][0]
+        else:
+            cut = np.zeros((box[3], box[2]), dtype=parts[0][1][0].dtype)
+            covered = 0
+            for block, (pixels, _, _) in parts:
+                overlap = intersection(block.box, box)
+                if overlap is None:
+                    continue
+                cut[array_window(box, overlap)] = pixels[array_window(block.box, overlap)]
+                covered += overlap[2] * overlap[3]
+            if covered != box[2] * box[3]:  # a bug, never expected
+                raise AssertionError(f"pieces of {request.key} cover {covered} of {box[2] * box[3]} pixels")
+        return self._tile_result(request, cut, attempts)
+
     # ------------------------------------------------------------------ one block
-    def _attempt(self, block: Block) -> Tuple[Optional[np.ndarray], Optional[BaseException], int]:
+    def _attempt(self, block: Block) -> Outcome:
         """(pixels, None, attempts) or (None, last error, attempts) after bounded retries."""
         attempt = 0
         while True:
@@ -126,44 +162,27 @@ class Fetcher:
             self.metrics.inc(m.TIMEOUTS)
 
     # ------------------------------------------------------------------ per tile
-    def _tile_results(self, block: Block, pixels: np.ndarray, attempts: int) -> List[Tuple[TileRequest, Result]]:
-        out: List[Tuple[TileRequest, Result]] = []
-        for request in block.requests:
-            cut = block.cut(pixels, request)
-            scene_count = cut[SCENE_COUNT_BAND]
-            n_scenes = int(scene_count.max())
-            valid_fraction = float((scene_count > 0).mean())
-            if n_scenes == 0:
-                error: Optional[Exception] = NoScenesError(
-                    f"no unmasked scene of {self.s2.collection} with CLOUDY_PIXEL_PERCENTAGE <= "
-                    f"{self.s2.cloudy_pct:g} between {request.window.start} and {request.window.end} "
-                    f"(end exclusive)")
-            elif valid_fraction < self.s2.min_valid_fraction:
-                error = TooFewValidPixelsError(
-                    f"valid pixel fraction {valid_fraction:.3f} < min_valid_fraction "
-                    f"{self.s2.min_valid_fraction:g}")
-            else:
-                error = None
-            if error is not None:
-                self.metrics.inc(m.TILES_DEAD)
-                out.append((request, DeadLetter.for_request(request, STAGE, error, attempts)))
-                continue
-            chw = np.stack([cut[b] for b in self.s2.bands]).astype(np.uint16, copy=False)
-            self.metrics.inc(m.TILES_OK)
-            out.append((request, TilePixels(request, np.ascontiguousarray(chw), valid_fraction, n_scenes)))
-        return out
-
-    def _dead_letters(self, block: Block, error: BaseException, attempts: int,
-                      suffix: str = "") -> List[Tuple[TileRequest, Result]]:
-        self.metrics.inc(m.TILES_DEAD, len(block.requests))
-        message = (str(error) or repr(error)) + suffix
-        name = error_class(error)
-        return [(r, DeadLetter.for_request(r, STAGE, message, attempts, error_class=name)) for r in block.requests]
-
-    @staticmethod
-    def _collect(results: Dict[int, Result], items: List[Tuple[TileRequest, Result]]) -> None:
-        for request, result in items:
-            results[id(request)] = result
+    def _tile_result(self, request: TileRequest, cut: np.ndarray, attempts: int) -> Result:
+        scene_count = cut[SCENE_COUNT_BAND]
+        n_scenes = int(scene_count.max())
+        valid_fraction = float((scene_count > 0).mean())
+        if n_scenes == 0:
+            error: Optional[Exception] = NoScenesError(
+                f"no unmasked scene of {self.s2.collection} with CLOUDY_PIXEL_PERCENTAGE <= "
+                f"{self.s2.cloudy_pct:g} between {request.window.start} and {request.window.end} "
+                f"(end exclusive)")
+        elif valid_fraction < self.s2.min_valid_fraction:
+            error = TooFewValidPixelsError(
+                f"valid pixel fraction {valid_fraction:.3f} < min_valid_fraction "
+                f"{self.s2.min_valid_fraction:g}")
+        else:
+            error = None
+        if error is not None:
+            self.metrics.inc(m.TILES_DEAD)
+            return DeadLetter.for_request(request, STAGE, error, attempts)
+        chw = np.stack([cut[b] for b in self.s2.bands]).astype(np.uint16, copy=False)
+        self.metrics.inc(m.TILES_OK)
+        return TilePixels(request, np.ascontiguousarray(chw), valid_fraction, n_scenes)
 
 
 def fetch_tiles(requests: Sequence[TileRequest], s2: S2Settings, ee_settings: EESettings,

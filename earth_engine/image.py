@@ -19,11 +19,11 @@ def footprint(crs: str, bounds: Tuple[float, float, float, float]):
 
 
 def s2_image(s2: S2Settings, crs: str, bounds: Tuple[float, float, float, float], window: TimeWindow):
-    """The composite, bands ``s2.bands`` as uint16 (0 where masked) plus uint8 ``SCENE_COUNT``.
+    """The composite, bands ``s2.bands`` as uint16 (0 where masked) plus uint16 ``SCENE_COUNT``.
 
     An empty collection's composite has no bands at all, so ``select`` would fail the whole request;
     a fully masked placeholder is merged in first so that a footprint without scenes comes back as
-    SCENE_COUNT == 0 instead, per pixel, and each tile of a super-tile is judged on its own.
+    SCENE_COUNT == 0 instead, per pixel, and each tile of a shared request is judged on its own.
     """
     import ee
 
@@ -41,7 +41,7 @@ def s2_image(s2: S2Settings, crs: str, bounds: Tuple[float, float, float, float]
     composite = stack.median() if s2.composite == "median" else stack.mosaic()
     scene_count = stack.select(bands[0]).count().rename(SCENE_COUNT_BAND)
     return (composite.select(bands).unmask(0).toUint16()
-            .addBands(scene_count.unmask(0).toUint8()))
+            .addBands(scene_count.unmask(0).toUint16()))
 
 
 def _cloud_masked(s2: S2Settings, scenes, region, window: TimeWindow):
@@ -57,13 +57,11 @@ def _cloud_masked(s2: S2Settings, scenes, region, window: TimeWindow):
 
         return scenes.map(mask_scl)
     if s2.cloud_mask == "cloud_score_plus":
-        scores = (ee.ImageCollection(CLOUD_SCORE_PLUS).filterBounds(region)
-                  .filterDate(window.start.isoformat(), window.end.isoformat()))
         threshold = s2.cloud_score_threshold
 
         def mask_cs(image):
             return image.updateMask(image.select(CLOUD_SCORE_BAND).gte(threshold))
 
-        # combine() joins on system:index, which Cloud Score+ shares with the S2 scenes.
-        return scenes.combine(scores).map(mask_cs)
+        # Earth Engine's documented recipe: link each scene to its Cloud Score+ image on system:index.
+        return scenes.linkCollection(ee.ImageCollection(CLOUD_SCORE_PLUS), [CLOUD_SCORE_BAND]).map(mask_cs)
     return scenes

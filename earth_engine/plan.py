@@ -1,43 +1,40 @@
-"""Dry-run estimates: how many computePixels requests, bytes and seconds a run needs."""
+"""Dry-run estimates: computePixels requests, bytes and seconds of a run, from the packed requests."""
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Optional
 
-from earth_engine.settings import S2Settings
-from earth_engine.super_tiles import effective_super_tile
+from earth_engine.quota import EEBudget
 
 
 @dataclasses.dataclass(frozen=True)
 class FetchPlan:
-    n_tiles: int
-    super_tile: int          # effective tiles per side per request (after the 48 MB limit)
-    requests: int
-    bytes: int
-    seconds_at_quota: float  # lower bound: requests / (requests_per_second x workers)
-    seconds_at_latency: Optional[float]  # with a per-request latency and the concurrency cap
+    tiles: int               # tile requests (tiles x windows)
+    requests: int            # computePixels requests, as the packer sends them
+    bytes: int               # bytes Earth Engine returns
+    budget: EEBudget
+    latency_s: Optional[float] = None  # seconds per request assumed (or measured) for the second estimate
+
+    @property
+    def requests_per_tile(self) -> float:
+        return self.requests / self.tiles if self.tiles else 0.0
+
+    @property
+    def seconds_at_quota(self) -> float:
+        """Lower bound: every fetching process at its requests/s."""
+        return self.requests / (self.budget.requests_per_s_per_process * self.budget.processes)
+
+    @property
+    def seconds_at_latency(self) -> Optional[float]:
+        """With ``latency_s`` per request and every process at its concurrency cap."""
+        if self.latency_s is None:
+            return None
+        slots = self.budget.max_concurrency_per_process * self.budget.processes
+        return max(self.seconds_at_quota, self.requests * self.latency_s / slots)
 
     def describe(self) -> str:
-        text = (f"{self.n_tiles} tiles -> {self.requests} computePixels requests "
-                f"({self.super_tile}x{self.super_tile} tiles each), {self.bytes / 1e9:.2f} GB, "
-                f">= {self.seconds_at_quota:.0f} s at the requests/s quota")
+        text = (f"{self.tiles} tiles -> {self.requests} computePixels requests ({self.requests_per_tile:.3f} per tile), "
+                f"{self.bytes / 1e9:.2f} GB, >= {self.seconds_at_quota:.0f} s at the requests/s quota")
         if self.seconds_at_latency is not None:
             text += f", ~{self.seconds_at_latency:.0f} s at the concurrency cap"
         return text
-
-
-def plan_requests(n_tiles: int, tile_px: int, s2: S2Settings = S2Settings(), workers: int = 1,
-                  latency_s: Optional[float] = None) -> FetchPlan:
-    """Estimate for ``n_tiles`` tiles, assuming full super-tile blocks (a lower bound on requests
-    for ragged regions). ``workers`` processes each apply ``s2``'s per-process limits."""
-    if n_tiles < 0 or tile_px < 1 or workers < 1:
-        raise ValueError("n_tiles must be >= 0, tile_px and workers >= 1")
-    n = effective_super_tile(s2, tile_px)
-    requests = math.ceil(n_tiles / (n * n))
-    nbytes = n_tiles * tile_px * tile_px * s2.bytes_per_pixel
-    seconds_quota = requests / (s2.rate * workers)
-    seconds_latency = None
-    if latency_s is not None:
-        seconds_latency = max(seconds_quota, requests * latency_s / (s2.concurrency * workers))
-    return FetchPlan(n_tiles, n, requests, nbytes, seconds_quota, seconds_latency)

@@ -7,11 +7,14 @@ from typing import Optional, Tuple
 # Earth Engine's documented limits (https://developers.google.com/earth-engine/guides/usage).
 PROJECT_MAX_CONCURRENT_REQUESTS = 40
 PROJECT_MAX_REQUESTS_PER_SECOND = 100
-COMPUTE_PIXELS_MAX_BYTES = 48 * 1024 * 1024   # "48 MB" per computePixels request
-COMPUTE_PIXELS_MAX_SIDE_PX = 32768             # widest grid one request may ask for
+# computePixels payload limit, counted as sum over bands of (bytes per value + 1 mask byte) x pixels: the rule
+# Earth Engine's rejections follow ("Total request size (N bytes) must be less than or equal to 50331648").
+COMPUTE_PIXELS_MAX_BYTES = 48 * 1024 * 1024
+COMPUTE_PIXELS_MAX_SIDE_PX = 32768             # widest / tallest grid one request may ask for
 
 HIGH_VOLUME_URL = "https://earthengine-highvolume.googleapis.com"
-SCENE_COUNT_BAND = "SCENE_COUNT"  # extra uint8 band: unmasked scenes per pixel (0 = no data)
+SCENE_COUNT_BAND = "SCENE_COUNT"  # extra uint16 band: unmasked scenes per pixel (0 = no data)
+BAND_BYTES = 2  # every band fetched is uint16
 COMPOSITES = ("median", "mosaic")
 CLOUD_MASKS = (None, "cloud_score_plus", "scl")
 
@@ -31,7 +34,7 @@ class S2Settings:
     cloud_mask: Optional[str] = None
     cloud_score_threshold: float = 0.6     # Cloud Score+ cs_cdf >= threshold is clear
     min_valid_fraction: float = 0.0        # tiles with fewer valid pixels are dead-lettered
-    super_tile: int = 4                    # tiles per side in one request; 1 = one request per tile
+    request_px: Optional[int] = None       # pixel target per request (latency); None: as many as EE allows
     expected_workers: int = 1
     max_concurrency: Optional[int] = None
     requests_per_second: Optional[float] = None
@@ -51,8 +54,8 @@ class S2Settings:
             problems.append(f"cloudy_pct must be in [0, 100], got {self.cloudy_pct}")
         if not 0 <= self.min_valid_fraction <= 1:
             problems.append(f"min_valid_fraction must be in [0, 1], got {self.min_valid_fraction}")
-        if self.super_tile < 1:
-            problems.append(f"super_tile must be >= 1 (1 = off), got {self.super_tile}")
+        if self.request_px is not None and self.request_px < 1:
+            problems.append(f"request_px must be >= 1 pixel, got {self.request_px}")
         if self.expected_workers < 1 or self.max_attempts < 1:
             problems.append("expected_workers and max_attempts must be >= 1")
         if self.max_concurrency is not None and self.max_concurrency < 1:
@@ -81,7 +84,13 @@ class S2Settings:
 
     @property
     def bytes_per_pixel(self) -> int:
-        return 2 * len(self.bands) + 1  # uint16 bands + uint8 scene count
+        """Bytes per pixel of the returned array: uint16 bands plus the uint16 scene count."""
+        return BAND_BYTES * len(self.band_ids)
+
+    @property
+    def ee_bytes_per_pixel(self) -> int:
+        """Bytes per pixel as Earth Engine counts them against its 48 MiB limit: one mask byte per band on top."""
+        return (BAND_BYTES + 1) * len(self.band_ids)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -175,23 +175,28 @@ class Embedding:
 Spatial = Union[PointBuffer, BBox]
 
 
-def tile_for(spatial: Spatial, scale_m: float = 10.0) -> Tile:
-    """The grid tile a spatial spec stands for (see the module docstring)."""
-    from tiles.grid import tile_containing, to_utm, utm_epsg_for_lonlat
+def _chip_meta(chip: Any, image_size: Optional[int]) -> Dict[str, Any]:
+    """The chip's pixel size and the effective ground resolution once resized to the model input (a BBox is
+    stretched to the square input, as the adapter did): metres per input pixel along x and y."""
+    if chip is None or not image_size:
+        return {}
+    _, _, width, height = chip.pixel_box
+    return {"chip_hw": [height, width],
+            "effective_resolution_m": [width * chip.scale_m / image_size, height * chip.scale_m / image_size]}
+
+
+def tile_for(spatial: Spatial, scale_m: float = 10.0) -> "tiles.records.Chip":
+    """The chip a spatial spec stands for, on its UTM zone's pixel lattice (``tiles.chips``): a PointBuffer is
+    the square of side 2*buffer_m centred on the point (within half a pixel), a BBox its pixel-snapped
+    rectangle; both are resized to the model's input size."""
+    from tiles.chips import bbox_chip, point_chip
 
     if isinstance(spatial, PointBuffer):
         if spatial.buffer_m <= 0:
             raise ValueError("PointBuffer.buffer_m must be > 0 (half the side of the patch, metres)")
-        return tile_containing(spatial.lon, spatial.lat, max(1, math.ceil(2 * spatial.buffer_m / scale_m)), scale_m)
+        return point_chip(spatial.lon, spatial.lat, spatial.buffer_m, scale_m)
     if isinstance(spatial, BBox):
-        if not (spatial.minlon < spatial.maxlon and spatial.minlat < spatial.maxlat):
-            raise ValueError(f"BBox needs minlon < maxlon and minlat < maxlat, got {spatial}")
-        lon, lat = (spatial.minlon + spatial.maxlon) / 2, (spatial.minlat + spatial.maxlat) / 2
-        xs, ys = to_utm(utm_epsg_for_lonlat(lon, lat)).transform(
-            [spatial.minlon, spatial.maxlon, spatial.minlon, spatial.maxlon],
-            [spatial.minlat, spatial.minlat, spatial.maxlat, spatial.maxlat])
-        side = max(max(xs) - min(xs), max(ys) - min(ys))
-        return tile_containing(lon, lat, max(1, math.ceil(side / scale_m)), scale_m)
+        return bbox_chip(spatial.minlon, spatial.minlat, spatial.maxlon, spatial.maxlat, scale_m)
     raise TypeError(f"spatial must be PointBuffer or BBox, got {type(spatial).__name__}")
 
 
@@ -358,6 +363,7 @@ def _meta(config, output: OutputSpec, temporal: TemporalSpec, sensor: SensorSpec
         meta.update({"tile_id": tile.tile_id, "crs": tile.crs, "transform": list(tile.transform),
                      "tile_px": tile.tile_px, "scale_m": tile.scale_m})
     meta.update(extra)
+    meta.update(_chip_meta(tile, meta.get("image_size", meta.get("img"))))
     return meta
 
 

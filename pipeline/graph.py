@@ -59,7 +59,7 @@ def build(pipeline: beam.Pipeline, spec: RunSpec, existing_files: List[str],
     from transforms.fetch import DEAD_LETTER, PIXELS, FetchTiles
     from transforms.plan import PlanTiles
 
-    plan = PlanTiles(spec.regions, spec.windows, spec.tile_px, spec.scale_m)
+    plan = PlanTiles(spec.regions, spec.windows, spec.tile_px, spec.scale_m, s2=spec.s2, points_mode=spec.points_mode)
     planned_tiles = plan.planned_requests  # counted from the shards PlanTiles ships: the launcher plans once
     requests = pipeline | "PlanTiles" >> plan
     sinks = existing_keys(pipeline, spec, existing_files)

@@ -43,7 +43,10 @@ class EmbeddingOptions(PipelineOptions):
         _flag(g, "points", default=None, metavar="CSV",
               help="CSV of lon,lat[,id] points; each becomes a square of --buffer-m around it")
         _flag(g, "buffer-m", type=float, default=None,
-              help="half the side (metres) of the square around each --points point; 0 = the tile containing it")
+              help="half the side (metres) of the square around each --points point; 0 = a --tile-px square")
+        _flag(g, "points-mode", default="chip", choices=["chip", "grid"],
+              help="chip (default): one chip per point, centred on it within half a pixel; grid: the grid "
+                   "tiles the point's square touches")
         _flag(g, "request-id", default=None, help="name of the request (default: derived from the input)")
 
         g = parser.add_argument_group("time")
@@ -61,8 +64,9 @@ class EmbeddingOptions(PipelineOptions):
         _flag(g, "cloud-mask", default=None, help="none | cloud_score_plus | scl (default none)")
         _flag(g, "min-valid-fraction", type=float, default=0.0,
               help="tiles with fewer valid pixels are dead-lettered (default 0)")
-        _flag(g, "super-tile", type=int, default=4,
-              help="tiles per side fetched in one Earth Engine request (default 4; 1 = one request per tile)")
+        _flag(g, "ee-request-px", type=int, default=None,
+              help="pixel target per Earth Engine request, for latency (default: as many as EE's 48 MiB rule "
+                   "allows, 4,194,304 px; tile_px squared = one request per tile)")
 
         g = parser.add_argument_group("Earth Engine")
         _flag(g, "ee-project", default=None, help="Earth Engine / Cloud project")
@@ -71,12 +75,17 @@ class EmbeddingOptions(PipelineOptions):
         _flag(g, "ee-credentials", default="adc",
               help="'adc' (Application Default Credentials, default), 'anonymous' (local test servers; "
                    "needs --ee-project) or a service-account key file")
+        _flag(g, "ee-quota-concurrent", type=int, default=40,
+              help="the EE project's concurrent-request quota, split over the fetching processes (default 40)")
+        _flag(g, "ee-quota-rps", type=float, default=100.0,
+              help="the EE project's requests/s quota, split over the fetching processes (default 100)")
         _flag(g, "ee-max-concurrency", type=int, default=None,
-              help="concurrent EE requests per worker process (default: project limit / --ee-workers)")
+              help="concurrent EE requests per fetching process (default: the project quota over the processes)")
         _flag(g, "ee-requests-per-s", type=float, default=None,
-              help="EE requests/s per worker process (default: project limit / --ee-workers)")
+              help="EE requests/s per fetching process (default: the project quota over the processes)")
         _flag(g, "ee-workers", type=int, default=None,
-              help="worker processes sharing the EE quota (default: --max_num_workers or --num_workers, else 1)")
+              help="fetching processes sharing the EE quota (default: from the runner, see docs/DEPLOY.md: "
+                   "DirectRunner's workers in multi_processing mode, Dataflow's max workers x SDK processes)")
 
         g = parser.add_argument_group("model")
         _flag(g, "checkpoint", default=None,
@@ -114,6 +123,10 @@ class EmbeddingOptions(PipelineOptions):
                    "of them, were dead-lettered (default 0.5)")
         _flag(g, "dry-run", underscore_alias=False, dest="plan_only", action="store_true", default=False,
               help="print tiles, EE requests, bytes and time at the quota, then exit")
+        _flag(g, "json", action="store_true", default=False, help="with --dry-run: print the plan as one JSON object")
+        _flag(g, "calibrate", type=int, default=0, metavar="N",
+              help="with --dry-run: fetch and embed N sampled request blocks against the configured EE endpoint "
+                   "and estimate wall time and cost from the measured figures")
         _flag(g, "progress-interval-s", type=float, default=30.0, help="seconds between progress log lines")
 
 

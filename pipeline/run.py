@@ -10,10 +10,10 @@ import sys
 from typing import List, Optional, Sequence, TextIO
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
 from pipeline import options as options_lib
-from pipeline.spec import RunSpec, gcs_temp_location, resolve
+from pipeline.spec import RunSpec, check_runner, gcs_temp_location, resolve, runner_name
 from tiles.errors import InputError
 
 LOGGER = logging.getLogger("dynamicvis")
@@ -146,23 +146,6 @@ def check_credentials(spec: RunSpec) -> None:
         raise InputError(f"--ee-credentials {kind!r} is neither 'adc', 'anonymous' nor a readable key file")
 
 
-def check_runner(options: PipelineOptions) -> None:
-    """`--runner` must name a Beam runner (Beam itself would fail only when the pipeline is created)."""
-    from apache_beam.runners.runner import create_runner
-
-    name = options.view_as(StandardOptions).runner
-    if name:
-        try:
-            create_runner(name)
-        except (ValueError, ImportError) as error:
-            raise InputError(f"--runner {name!r} is not a Beam runner: {error}") from None
-
-
-def runner_name(options: PipelineOptions) -> str:
-    """The runner the pipeline will use (Beam's default when --runner is not given)."""
-    return options.view_as(StandardOptions).runner or "DirectRunner"
-
-
 def runs_locally(options: PipelineOptions) -> bool:
     """Whether the workers share this machine's file system (DirectRunner and friends)."""
     return runner_name(options).split(".")[-1] in ("DirectRunner", "PrismRunner", "InteractiveRunner", "SwitchingDirectRunner")
@@ -260,9 +243,9 @@ def launch(argv: Sequence[str]) -> int:
     try:
         options, spec = parse_and_validate(argv)
         if spec.plan_only:
-            from pipeline.dry_run import plan
+            from pipeline import dry_run
 
-            print(plan(spec).report())
+            print(dry_run.main(spec))
             return 0
         LOGGER.info("run %s on %s -> %s", spec.run_id, runner_name(options), spec.output)
         result = run(options, spec)

@@ -48,6 +48,11 @@ class RunSpec:
     created_at: dt.datetime
     our_options: Dict[str, Any]
     beam_options: Dict[str, Any]
+    points_mode: str = "chip"
+    ee_budget: Any = None  # earth_engine.EEBudget
+    runner: str = "DirectRunner"
+    json: bool = False
+    calibrate: int = 0
 
 
 def _check_checkpoint(checkpoint: Optional[str]) -> None:
@@ -102,20 +107,33 @@ def resolve(options: PipelineOptions, now: Optional[dt.datetime] = None) -> RunS
                            buffer_m=ours["buffer_m"], request_id=ours["request_id"])
     windows = parse_windows(ours["start"], ours["end"], ours["year"], ours["windows"] or "none")
 
-    workers = ours["ee_workers"] or (beam_all.get("max_num_workers") or beam_all.get("num_workers") or 1)
+    if ours["calibrate"] and ours["calibrate"] < 0:
+        raise InputError(f"--calibrate must be >= 1 request blocks, got {ours['calibrate']}")
+    if (ours["json"] or ours["calibrate"]) and not ours["plan_only"]:
+        raise InputError("--json and --calibrate only apply with --dry-run")
+    check_runner(options)  # the Earth Engine budget depends on the runner
+    runner = runner_name(options)
     try:
+        budget = earth_engine.ee_budget(
+            runner, options.get_all_options(), ours["ee_quota_concurrent"], ours["ee_quota_rps"],
+            processes=ours["ee_workers"], max_concurrency=ours["ee_max_concurrency"],
+            requests_per_s=ours["ee_requests_per_s"])
         s2 = earth_engine.S2Settings(
             cloudy_pct=ours["cloudy_pct"], composite=ours["composite"],
             cloud_mask=None if ours["cloud_mask"] in (None, "none") else ours["cloud_mask"],
-            min_valid_fraction=ours["min_valid_fraction"], super_tile=ours["super_tile"],
-            expected_workers=int(workers), max_concurrency=ours["ee_max_concurrency"],
-            requests_per_second=ours["ee_requests_per_s"])
+            min_valid_fraction=ours["min_valid_fraction"], request_px=ours["ee_request_px"],
+            max_concurrency=budget.max_concurrency_per_process,
+            requests_per_second=budget.requests_per_s_per_process)
         ee_kwargs = {"project": ours["ee_project"] or beam_all.get("project"),
                      "credentials": ours["ee_credentials"] or "adc"}
         if ours["ee_endpoint"]:
             ee_kwargs["endpoint"] = ours["ee_endpoint"]
         ee_settings = earth_engine.EESettings(**ee_kwargs)
         model = models.ModelConfig.from_env(**model_overrides(ours))
+        if budget.set_max_num_workers:  # Dataflow without a ceiling could autoscale past the EE quota
+            from apache_beam.options.pipeline_options import WorkerOptions
+
+            options.view_as(WorkerOptions).max_num_workers = budget.set_max_num_workers
     except InputError:
         raise
     except (ValueError, TypeError) as error:
@@ -130,7 +148,27 @@ def resolve(options: PipelineOptions, now: Optional[dt.datetime] = None) -> RunS
         output=ours["output"].rstrip("/") if ours["output"] else None, bigquery_table=ours["bigquery_table"],
         skip_existing=ours["skip_existing"], num_shards=ours["num_shards"], plan_only=ours["plan_only"],
         progress_interval_s=ours["progress_interval_s"], run_id=run_id, created_at=created_at,
-        our_options=ours, beam_options=beam_all)
+        our_options=ours, beam_options=beam_all, points_mode=ours["points_mode"], ee_budget=budget, runner=runner,
+        json=ours["json"], calibrate=ours["calibrate"] or 0)
+
+
+def check_runner(options: PipelineOptions) -> None:
+    """`--runner` must name a Beam runner (Beam itself would fail only when the pipeline is created)."""
+    from apache_beam.runners.runner import create_runner
+
+    name = runner_name(options)
+    try:
+        create_runner(name)
+    except (ValueError, ImportError) as error:
+        raise InputError(f"--runner {name!r} is not a Beam runner: {error}") from None
+
+
+def runner_name(options: PipelineOptions) -> str:
+    """The runner the pipeline will use (Beam's default when --runner is not given)."""
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    runner = options.view_as(StandardOptions).runner
+    return runner if isinstance(runner, str) and runner else "DirectRunner"
 
 
 def gcs_temp_location(options: PipelineOptions) -> Optional[str]:

@@ -99,7 +99,8 @@ def test_variables_defaults_and_year_rollover(loaded):
     got = options(render["command"])
     assert (got["--start"], got["--end"], got["--output"]) == ("2024-12-01", "2025-01-01", "gs://my-bucket/emb/2024-12")
     assert got["--region"] == "europe-west4" and got["--max_num_workers"] == "4"
-    assert got["--ee-max-concurrency"] == "2" and got["--ee-requests-per-s"] == "6.25"  # 40, 100 over 4 x 4
+    assert got["--ee-quota-concurrent"] == "40" and got["--ee-quota-rps"] == "100"  # the pipeline splits them
+    assert "--ee-max-concurrency" not in got
     assert got["--ee-project"] == "ee-billing"
     assert got["--service_account_email"] == "dv@my-proj.iam.gserviceaccount.com"
     assert got["--checkpoint"] == "gs://my-bucket/weights/b.safetensors"
@@ -130,5 +131,5 @@ def test_dataflow_options_match_run_dataflow_sh(loaded):
     assert launcher_flags == {"--runner", "--project", "--region", "--temp_location", "--staging_location",
                               "--experiments", "--max_num_workers", "--disk_size_gb", "--ee-project",
                               "--machine_type", "--gpu", "--sdk_container_image", "--sdk_location",
-                              "--ee-max-concurrency", "--ee-requests-per-s"}
+                              "--ee-quota-concurrent", "--ee-quota-rps"}
     assert {k: dag[k] for k in launcher_flags} == {k: script[k] for k in launcher_flags}

@@ -41,10 +41,15 @@ def fetch(fake_ee, requests, **kw):
     return out, metrics.snapshot()
 
 
-def test_super_tiles_are_cut_into_the_right_tiles(fake_ee):
-    requests = requests_grid(range(8, 16), range(4, 8))  # 8 x 4 tiles -> two aligned 4 x 4 blocks
-    out, counts = fetch(fake_ee, requests, super_tile=4)
+def test_packed_requests_are_cut_into_the_right_tiles(fake_ee):
+    requests = requests_grid(range(8, 16), range(4, 8))  # 8 x 4 tiles -> one request of their extent
+    out, counts = fetch(fake_ee, requests)
+    [call] = fake_ee.server.calls
+    assert counts[m.REQUESTS] == 1 and (call.width, call.height) == (8 * PX, 4 * PX)
+    assert call.bounds == (8 * SIZE, 4 * SIZE, 16 * SIZE, 8 * SIZE)
 
+    fake_ee.server.reset()  # a pixel target of 4 x 4 tiles: two requests, of any alignment
+    out, counts = fetch(fake_ee, requests, request_px=16 * PX * PX)
     calls = fake_ee.server.calls
     assert len(calls) == 2 == counts[m.REQUESTS]
     assert sorted((c.width, c.height) for c in calls) == [(4 * PX, 4 * PX)] * 2
@@ -59,12 +64,12 @@ def test_super_tiles_are_cut_into_the_right_tiles(fake_ee):
         assert result.chw[0, 0, 0] == 1 + int(t.ix * SIZE + 5) // 10 % 9999
         assert result.chw[1, 0, 0] == 1 + int((t.iy + 1) * SIZE - 5) // 10 % 9999
         assert result.valid_fraction == 1.0 and result.n_scenes == 5
-    assert counts[m.BYTES] == 2 * (4 * PX) ** 2 * 7
+    assert counts[m.BYTES] == 2 * (4 * PX) ** 2 * 8  # four uint16 bands
 
 
-def test_super_tile_off_sends_one_request_per_tile(fake_ee):
+def test_pixel_target_of_one_tile_sends_one_request_per_tile(fake_ee):
     requests = requests_grid(range(2), range(2))
-    out, _ = fetch(fake_ee, requests, super_tile=1)
+    out, _ = fetch(fake_ee, requests, request_px=PX * PX)
     assert len(fake_ee.server.calls) == 4
     assert all(c.width == c.height == PX for c in fake_ee.server.calls)
     for request, result in zip(requests, out):
@@ -136,7 +141,7 @@ def test_failed_super_tile_falls_back_to_single_tiles(fake_ee):
     for request, result in zip(requests, out):
         if request.tile == bad:
             assert isinstance(result, DeadLetter) and result.error_class == "HTTP400"
-            assert result.attempts == 2 and "super-tile failed first" in result.message
+            assert result.attempts == 2 and "request of several tiles failed first" in result.message
         else:
             assert isinstance(result, TilePixels)
             np.testing.assert_array_equal(result.chw, expected_chw(request))
@@ -183,7 +188,7 @@ def test_malformed_reply_is_retried(fake_ee):
 def test_concurrency_never_exceeds_the_cap(fake_ee):
     fake_ee.server.reset(latency=earth_engine_latency(0.05))
     requests = requests_grid(range(12), range(1))
-    out, _ = fetch(fake_ee, requests, super_tile=1, max_concurrency=3)
+    out, _ = fetch(fake_ee, requests, request_px=PX * PX, max_concurrency=3)
     assert all(isinstance(r, TilePixels) for r in out)
     assert fake_ee.server.max_in_flight == 3  # reached, never exceeded
 
@@ -212,7 +217,7 @@ def test_concurrency_cap_holds_across_threads_of_one_process(fake_ee):
     fake_ee.server.reset(latency=earth_engine_latency(0.05))
     batches = [requests_grid(range(k * 4, k * 4 + 4), range(1)) for k in range(3)]
     outputs = []
-    threads = [threading.Thread(target=lambda b=b: outputs.append(fetch(fake_ee, b, super_tile=1,
+    threads = [threading.Thread(target=lambda b=b: outputs.append(fetch(fake_ee, b, request_px=PX * PX,
                                                                           max_concurrency=2)[0]))
                for b in batches]
     for t in threads:

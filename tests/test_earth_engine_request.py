@@ -33,7 +33,7 @@ def expected_image(crs, bounds, *, composite="median", cloudy_pct=30, cloud_mask
     stack = ee.ImageCollection([placeholder]).merge(col.select(bands))
     image = stack.median() if composite == "median" else stack.mosaic()
     count = stack.select("B4").count().rename("SCENE_COUNT")
-    return image.select(bands).unmask(0).toUint16().addBands(count.unmask(0).toUint8())
+    return image.select(bands).unmask(0).toUint16().addBands(count.unmask(0).toUint16())
 
 
 @pytest.mark.parametrize("composite,cloud_mask,cloudy_pct", [
@@ -68,9 +68,23 @@ def test_cloud_score_plus_links_scores_and_thresholds(fake_ee):
     tile = Tile(32631, 1, 1, 16, 10.0)
     s2 = earth_engine.S2Settings(cloud_mask="cloud_score_plus", cloud_score_threshold=0.65)
     earth_engine.fetch_tiles([TileRequest(tile, WINDOW)], s2, fake_ee.settings)
+    import ee
+
     text = str(fake_ee.server.calls[0].body["expression"])
-    assert "GOOGLE/CLOUD_SCORE_PLUS/V1/S2_HARMONIZED" in text and "ImageCollection.combine" in text
+    assert "GOOGLE/CLOUD_SCORE_PLUS/V1/S2_HARMONIZED" in text and "ImageCollection.combine" not in text
     assert "cs_cdf" in text and "0.65" in text
+    # Earth Engine's documented recipe, written out independently: linkCollection on system:index.
+    region = ee.Geometry.Rectangle([160.0, 160.0, 320.0, 320.0], "EPSG:32631", False)
+    scenes = (ee.ImageCollection("COPERNICUS/S2_SR_HARMONIZED").filterBounds(region)
+              .filterDate("2022-06-01", "2022-09-01").filter(ee.Filter.lte("CLOUDY_PIXEL_PERCENTAGE", 30))
+              .linkCollection(ee.ImageCollection("GOOGLE/CLOUD_SCORE_PLUS/V1/S2_HARMONIZED"), ["cs_cdf"])
+              .map(lambda image: image.updateMask(image.select("cs_cdf").gte(0.65))))
+    bands = ["B4", "B3", "B2"]
+    placeholder = ee.Image.constant([0, 0, 0]).rename(bands).toUint16().updateMask(0)
+    stack = ee.ImageCollection([placeholder]).merge(scenes.select(bands))
+    expected = (stack.median().select(bands).unmask(0).toUint16()
+                .addBands(stack.select("B4").count().rename("SCENE_COUNT").unmask(0).toUint16()))
+    assert fake_ee.server.calls[0].body["expression"] == ee.serializer.encode(expected, for_cloud_api=True)
 
 
 def test_settings_reject_bad_values():
@@ -90,20 +104,8 @@ def test_quota_defaults_follow_project_limits():
     assert earth_engine.EESettings().endpoint == "https://earthengine-highvolume.googleapis.com"
 
 
-@pytest.mark.parametrize("tile_px", [256, 512, 1024, 2048])
-def test_super_tiles_stay_under_48_mb(tile_px):
-    s2 = earth_engine.S2Settings(super_tile=8)
-    n = earth_engine.effective_super_tile(s2, tile_px)
-    assert n >= 1
-    assert (n * tile_px) ** 2 * s2.bytes_per_pixel < COMPUTE_PIXELS_MAX_BYTES or n == 1
-    assert earth_engine.effective_super_tile(earth_engine.S2Settings(super_tile=4), 512) == 4
-
-
-def test_plan_requests_counts_requests_bytes_and_time():
-    plan = earth_engine.plan_requests(1600, 512, earth_engine.S2Settings(super_tile=4), latency_s=2.0)
-    assert plan.requests == 100 and plan.super_tile == 4
-    assert plan.bytes == 1600 * 512 * 512 * 7
-    assert plan.seconds_at_quota == pytest.approx(1.0)
-    assert plan.seconds_at_latency == pytest.approx(5.0)
-    assert "100 computePixels requests" in plan.describe()
-    assert earth_engine.plan_requests(10, 512, earth_engine.S2Settings(super_tile=1)).requests == 10
+def test_budget_counts_a_mask_byte_per_band():
+    s2 = earth_engine.S2Settings()
+    assert s2.bytes_per_pixel == 8 and s2.ee_bytes_per_pixel == 12  # 4 uint16 bands, + 1 mask byte each
+    assert earth_engine.max_request_pixels(s2) == 2048 * 2048 == COMPUTE_PIXELS_MAX_BYTES // 12
+    assert earth_engine.max_request_pixels(earth_engine.S2Settings(request_px=1000)) == 1000

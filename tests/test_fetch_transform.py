@@ -28,7 +28,7 @@ def test_fetch_tiles_ptransform_outputs_pixels_and_dead_letters(fake_ee):
     requests = [TileRequest(Tile(32618, ix, iy, PX, 10.0), WINDOW) for ix in range(4) for iy in range(4)]
     bad = requests[6].tile
     fake_ee.server.fail_where(bad.ix * PX * 10 + 1, bad.iy * PX * 10 + 1, Fault.HTTP_400)
-    s2 = earth_engine.S2Settings(super_tile=2, max_concurrency=2, requests_per_second=1000)
+    s2 = earth_engine.S2Settings(request_px=4 * PX * PX, max_concurrency=2, requests_per_second=1000)
 
     with BeamTestPipeline() as p:
         out = p | beam.Create(requests) | FetchTiles(s2, fake_ee.settings)

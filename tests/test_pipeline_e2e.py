@@ -66,12 +66,13 @@ def test_run_writes_one_row_per_tile_equal_to_the_model_on_the_same_pixels(fake_
     import earth_engine
     import models
     from pipeline.run import launch
-    from tiles.grid import tile_containing, tile_bounds_utm
+    from tiles.chips import point_chip
+    from tiles.grid import tile_bounds_utm
 
     output = tmp_path / "out"
     argv = _argv(fake_ee, recipe_checkpoint_b64, output, *regions)
     expected, spec = _expected_requests(argv)
-    empty = tile_containing(13.40, 52.52, 32, 10.0)  # Berlin: no scenes there
+    empty = point_chip(13.40, 52.52, 32 * 10.0 / 2, 10.0)  # Berlin's chip (buffer 0: a --tile-px square): no scenes
     fake_ee.server.add_empty_area(empty.crs, tile_bounds_utm(empty))
 
     assert launch(argv) == 0

@@ -31,3 +31,27 @@ def test_plan_tiles_fails_early_on_the_launcher():
         PlanTiles([parse_bbox("1,1,2,2")], [])
     with pytest.raises(InputError, match="no regions to plan"):
         PlanTiles([], [TimeWindow(dt.date(2020, 1, 1), dt.date(2020, 2, 1))])
+
+
+def test_plan_tiles_packs_each_shard_into_requests_within_earth_engines_rule():
+    """Every planned request carries its request block; a block's tiles fit one 48 MiB request, and shard
+    bands are whole request heights (16 rows of 128 px tiles), so a compact region packs tightly."""
+    import earth_engine
+    from earth_engine.packing import bounding_box
+    from earth_engine.settings import COMPUTE_PIXELS_MAX_BYTES
+    from transforms.plan import block_rows, expand_and_pack
+
+    s2 = earth_engine.S2Settings()
+    window = [TimeWindow(dt.date(2021, 6, 1), dt.date(2021, 7, 1))]
+    plan = PlanTiles([parse_bbox("8.0,47.0,8.6,47.3")], window, tile_px=128, target_tiles=300, s2=s2)
+    assert block_rows(128, s2) == 16 and len(plan.shards) > 1
+    assert all((s.row_start - plan.shards[0].row_start) % 16 == 0 for s in plan.shards)
+    blocks = {}
+    for shard in plan.shards:
+        for request in expand_and_pack(shard, window, s2):
+            blocks.setdefault(request.block, []).append(request.tile.pixel_box)
+    for boxes in blocks.values():
+        _, _, w, h = bounding_box(boxes)
+        assert w * h * s2.ee_bytes_per_pixel <= COMPUTE_PIXELS_MAX_BYTES
+    tiles = sum(len(b) for b in blocks.values())
+    assert tiles == plan.planned_requests and len(blocks) / tiles < 0.01  # ~1/256 is the floor at 128 px

@@ -140,8 +140,8 @@ def test_dry_run_prints_the_default_step_mode_command():
         "--gpu": "type:nvidia-l4;count:1;install-nvidia-driver;machine_type:g2-standard-8",
         "--sdk_container_image": "us-central1-docker.pkg.dev/my-proj/images/dynamicvis:0.1.0",
         "--sdk_location": "container",
-        "--ee-max-concurrency": "1",  # EE quotas (40 concurrent, 100/s) over 10 workers x 4 SDK processes
-        "--ee-requests-per-s": "2.5",
+        "--ee-quota-concurrent": "40",  # the project's EE quotas; the pipeline splits them (earth_engine.quota)
+        "--ee-quota-rps": "100",
     }
     assert command[-len(PIPELINE):] == PIPELINE  # pipeline options pass through unchanged, last
     assert not any("worker_accelerator" in word for word in command)  # right fitting forbids it
@@ -170,22 +170,40 @@ def test_dry_run_worker_mode_env_settings_and_model_sharing():
     assert got["--subnetwork"] == "regions/europe-west4/subnetworks/dv"
     assert "--no_use_public_ips" in command
     assert got["--ee-project"] == "ee-billing"
-    assert got["--ee-max-concurrency"] == "10" and got["--ee-requests-per-s"] == "25"  # one process per worker
+    assert got["--ee-quota-concurrent"] == "40" and got["--ee-quota-rps"] == "100"
+    assert "--ee-max-concurrency" not in got  # the split is the pipeline's
 
 
-def test_ee_quota_split_and_explicit_pipeline_values():
+def test_ee_quota_is_passed_on_and_split_by_the_pipeline():
     command = dry_run([*GOOD, "--max-workers", "2", "--machine-type", "n2-standard-2", "--ee-quota-rps", "50",
                        "--", *PIPELINE])
     got = flags(command)
-    assert got["--ee-max-concurrency"] == "10" and got["--ee-requests-per-s"] == "12.5"
-    command = dry_run([*GOOD, "--", *PIPELINE, "--ee-max-concurrency", "3", "--ee-requests-per-s=1"])
-    assert "--ee-max-concurrency=1" not in command and "--ee-requests-per-s=2.5" not in command
-    assert command[-3:] == ["--ee-max-concurrency", "3", "--ee-requests-per-s=1"]
-    proc = launch(["--dry-run", *GOOD, "--max-workers", "50", "--", *PIPELINE])
-    assert proc.returncode == 0
-    assert "exceed the EE concurrency quota (40)" in proc.stderr  # a note, not an error
+    assert got["--ee-quota-concurrent"] == "40" and got["--ee-quota-rps"] == "50"
+    assert "--ee-max-concurrency" not in got and "--ee-requests-per-s" not in got
+    command = dry_run([*GOOD, "--", *PIPELINE, "--ee-max-concurrency", "1", "--ee-requests-per-s=1"])
+    assert command[-3:] == ["--ee-max-concurrency", "1", "--ee-requests-per-s=1"]  # explicit values pass through
+    proc = launch([*GOOD, "--", *PIPELINE, "--ee-quota-rps=10"])
+    assert proc.returncode == 2 and "'--ee-quota-rps' is set by the launcher" in proc.stderr
     proc = launch([*GOOD, "--ee-quota-rps", "0", "--", *PIPELINE])
     assert proc.returncode == 2 and "requests/s quota '0' must be a positive integer" in proc.stderr
+
+
+def test_the_launched_command_splits_the_quota_in_the_pipeline(capsys):
+    """The script's command, with the pipeline's own --dry-run --json: 10 n2-standard-4 workers = 40 fetching
+    processes x 1 request in flight = the project's 40; 20 workers are refused before anything starts."""
+    import json
+
+    from pipeline.run import launch as pipeline_launch
+
+    region = ["--bbox", "8.0,47.0,8.2,47.1", "--start", "2024-06-01", "--end", "2024-07-01"]
+    command = dry_run([*GOOD, "--", *region, "--output", "gs://my-bucket/emb2", "--dry-run", "--json"])
+    assert pipeline_launch(command[3:]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["ee"]["processes"] == 40 and plan["ee"]["max_concurrency_per_process"] == 1
+    assert plan["ee"]["requests_per_s_per_process"] == 2.5
+    command = dry_run([*GOOD, "--max-workers", "20", "--", *region, "--output", "gs://my-bucket/emb2", "--dry-run"])
+    assert pipeline_launch(command[3:]) == 2
+    assert "lower --max_num_workers" in capsys.readouterr().err
 
 
 def test_flag_beats_environment_and_setup_file_mode():

@@ -108,7 +108,7 @@ def test_no_secret_in_logs_manifest_or_outputs(fake_ee, recipe_checkpoint_b64, s
     argv = ["--bbox=8.0,47.0,8.003,47.002", "--start", "2024-06-01", "--end", "2024-07-01", "--output", str(output),
             "--tile-px", "32", "--img-size", "64", "--checkpoint", str(recipe_checkpoint_b64),
             "--ee-endpoint", fake_ee.server.url, "--ee-project", "test-project", "--ee-credentials", str(key_path),
-            "--super-tile", "1"]  # one request per tile: the 400 below dead-letters exactly one
+            "--ee-request-px", str(32 * 32)]  # one request per tile: the 400 below dead-letters exactly one
     # One tile fails with a 400, so a dead letter (with the EE error message) is written too.
     fake_ee.server.add_rule(lambda call: call.index == 0, __import__("tests.fakes.ee_server",
                                                                      fromlist=["Fault"]).Fault.HTTP_400)

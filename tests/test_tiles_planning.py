@@ -35,10 +35,11 @@ def brute_force_tiles(geometry_lonlat, tile_px=512, scale_m=10.0):
     return found
 
 
-def planned(regions, tile_px=512, scale_m=10.0, target_tiles=1024):
-    """[(request_id, epsg, ix, iy)] in plan order."""
+def planned(regions, tile_px=512, scale_m=10.0, target_tiles=1024, points_mode="grid"):
+    """[(request_id, epsg, ix, iy)] in plan order (points as grid tiles: --points-mode grid)."""
     return [(shard.request_id, t.epsg, t.ix, t.iy)
-            for shard in plan_shards(regions, tile_px, scale_m, target_tiles) for t in expand_shard(shard)]
+            for shard in plan_shards(regions, tile_px, scale_m, target_tiles, points_mode=points_mode)
+            for t in expand_shard(shard)]
 
 
 def tile_set(regions, **kwargs):

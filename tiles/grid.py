@@ -10,21 +10,25 @@ from __future__ import annotations
 import functools
 import math
 import re
-from typing import Tuple
+from typing import Tuple, Union
 
 import numpy as np
 import pyproj
 import shapely
+import shapely.affinity
 from shapely.geometry import Polygon
 
 from tiles.errors import InputError
-from tiles.records import Tile
+from tiles.records import Chip, Tile
+
+Area = Union[Tile, Chip]  # what a row covers: a grid tile or a chip on the zone's pixel lattice
 
 # Latitudes covered by UTM (and by the Sentinel-2 MGRS tiling); outside this is polar stereographic.
 UTM_MIN_LAT = -80.0
 UTM_MAX_LAT = 84.0
 
 _TILE_ID = re.compile(r"^(\d{5})_(\d+)px([0-9.eE+-]+)m_(-?\d+)_(-?\d+)$")
+_CHIP_ID = re.compile(r"^(\d{5})_(\d+)x(\d+)px([0-9.eE+-]+)m_(-?\d+)_(-?\d+)$")
 
 
 def utm_zone(lon: float) -> int:
@@ -89,26 +93,74 @@ def project_to_wgs84(geometry: shapely.Geometry, epsg: int) -> shapely.Geometry:
     return shapely.transform(geometry, functools.partial(_apply, to_wgs84(epsg)))
 
 
-def tile_bounds_utm(tile: Tile) -> Tuple[float, float, float, float]:
-    """(min_x, min_y, max_x, max_y) of the tile in its own UTM CRS, metres."""
-    size = tile.size_m
-    return tile.ix * size, tile.iy * size, (tile.ix + 1) * size, (tile.iy + 1) * size
+def tile_bounds_utm(tile: Area) -> Tuple[float, float, float, float]:
+    """(min_x, min_y, max_x, max_y) of the tile or chip in its own UTM CRS, metres."""
+    if isinstance(tile, Tile):
+        size = tile.size_m
+        return tile.ix * size, tile.iy * size, (tile.ix + 1) * size, (tile.iy + 1) * size
+    s = tile.scale_m
+    return tile.x0 * s, tile.y0 * s, (tile.x0 + tile.width) * s, (tile.y0 + tile.height) * s
 
 
-def tile_footprint_utm(tile: Tile) -> Polygon:
+def tile_footprint_utm(tile: Area) -> Polygon:
     return shapely.box(*tile_bounds_utm(tile))
 
 
-def tile_footprint_wgs84(tile: Tile, points_per_side: int = 8) -> Polygon:
-    """Tile footprint as a lon/lat polygon; each side is densified because UTM lines are curved in lon/lat."""
+def split_at_antimeridian(footprint: shapely.Geometry) -> shapely.Geometry:
+    """A lon/lat polygon whose vertices jump across +-180 (lon span > 180 deg) as a valid MultiPolygon
+    split at the antimeridian; any other polygon unchanged. Edges are short (densified), so a span
+    over 180 deg can only come from crossing the antimeridian."""
+    min_x, _, max_x, _ = footprint.bounds
+    if max_x - min_x <= 180.0:
+        return footprint
+    unwrapped = shapely.transform(footprint, lambda xy: np.column_stack(
+        [np.where(xy[:, 0] < 0, xy[:, 0] + 360.0, xy[:, 0]), xy[:, 1]]))
+    west = shapely.intersection(unwrapped, shapely.box(0.0, -90.0, 180.0, 90.0))
+    east = shapely.affinity.translate(shapely.intersection(unwrapped, shapely.box(180.0, -90.0, 360.0, 90.0)),
+                                      -360.0)
+    parts = [p for g in (west, east) for p in shapely.get_parts(g) if p.geom_type == "Polygon" and p.area > 0]
+    return shapely.MultiPolygon(parts) if len(parts) > 1 else parts[0]
+
+
+def geodesic_wkt(footprint: shapely.Geometry) -> str:
+    """WKT for a spherical GEOGRAPHY (BigQuery): a footprint split at the antimeridian becomes one loop again,
+    its edges across +-180 deg being the short geodesics, so no two parts share an edge on the sphere."""
+    min_x, _, max_x, _ = footprint.bounds
+    if footprint.geom_type != "MultiPolygon" or not (min_x <= -180.0 and max_x >= 180.0):
+        return footprint.wkt
+    shifted = [shapely.affinity.translate(p, 360.0) if p.bounds[2] <= 0 else p for p in footprint.geoms]
+    merged = shapely.union_all(shifted)
+    if merged.geom_type != "Polygon":
+        return footprint.wkt
+    ring = np.asarray(shapely.get_coordinates(merged.exterior))
+    ring[:, 0] = np.where(ring[:, 0] > 180.0, ring[:, 0] - 360.0, ring[:, 0])
+    return "POLYGON ((" + ", ".join(f"{float(x)!r} {float(y)!r}" for x, y in ring) + "))"
+
+
+def tile_footprint_wgs84(tile: Area, points_per_side: int = 8) -> shapely.Geometry:
+    """Footprint as a lon/lat polygon; each side is densified because UTM lines are curved in lon/lat.
+    A footprint crossing the antimeridian comes back as a MultiPolygon split at +-180 deg."""
     footprint = shapely.segmentize(tile_footprint_utm(tile), tile.size_m / points_per_side)
-    return project_to_wgs84(footprint, tile.epsg)
+    return split_at_antimeridian(project_to_wgs84(footprint, tile.epsg))
 
 
-def tile_center_lonlat(tile: Tile) -> Tuple[float, float]:
+def tile_center_lonlat(tile: Area) -> Tuple[float, float]:
     min_x, min_y, max_x, max_y = tile_bounds_utm(tile)
     lon, lat = to_wgs84(tile.epsg).transform((min_x + max_x) / 2.0, (min_y + max_y) / 2.0)
     return float(lon), float(lat)
+
+
+def is_primary(tile: Area) -> bool:
+    """Whether the tile's centre lies in its own zone's 6-degree band and hemisphere.
+
+    Near zone seams and the equator the tiles of both grids that reach the seam are planned, so some
+    ground is covered twice there; keeping ``is_primary`` rows drops most such duplicates. The two grids
+    are not aligned, so along a seam a strip narrower than one tile is left with no primary tile or with
+    two (measured in docs/DEPLOY.md); everywhere else each ground point has exactly one primary tile.
+    """
+    lon, lat = tile_center_lonlat(tile)
+    zone, north = epsg_zone(tile.epsg)
+    return utm_zone(max(-180.0, min(180.0, lon))) == zone and (lat >= 0.0) == north
 
 
 def tile_containing(lon: float, lat: float, tile_px: int = 512, scale_m: float = 10.0) -> Tile:
@@ -119,17 +171,24 @@ def tile_containing(lon: float, lat: float, tile_px: int = 512, scale_m: float =
     return Tile(epsg, int(math.floor(x / size)), int(math.floor(y / size)), tile_px, scale_m)
 
 
-def tile_from_id(tile_id: str) -> Tile:
-    """Inverse of ``Tile.tile_id``."""
-    match = _TILE_ID.match(tile_id)
-    if not match:
-        raise InputError(f"{tile_id!r} is not a tile id (expected e.g. '32633_512px10m_81_1040')")
-    epsg, tile_px, scale, ix, iy = match.groups()
-    epsg_zone(int(epsg))
-    tile = Tile(int(epsg), int(ix), int(iy), int(tile_px), float(scale))
-    if tile.tile_id != tile_id:
-        raise InputError(f"{tile_id!r} is not in canonical form (expected {tile.tile_id!r})")
-    return tile
+def tile_from_id(tile_id: str) -> Area:
+    """Inverse of ``Tile.tile_id`` and ``Chip.tile_id``."""
+    chip = _CHIP_ID.match(tile_id)
+    if chip:
+        epsg, width, height, scale, x0, y0 = chip.groups()
+        epsg_zone(int(epsg))
+        area: Area = Chip(int(epsg), int(x0), int(y0), int(width), int(height), float(scale))
+    else:
+        match = _TILE_ID.match(tile_id)
+        if not match:
+            raise InputError(f"{tile_id!r} is not a tile id (expected e.g. '32633_512px10m_81_1040' or a chip "
+                             f"id like '32633_410x410px10m_33000_520000')")
+        epsg, tile_px, scale, ix, iy = match.groups()
+        epsg_zone(int(epsg))
+        area = Tile(int(epsg), int(ix), int(iy), int(tile_px), float(scale))
+    if area.tile_id != tile_id:
+        raise InputError(f"{tile_id!r} is not in canonical form (expected {area.tile_id!r})")
+    return area
 
 
 def validate_grid(tile_px: int, scale_m: float) -> None:

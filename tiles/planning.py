@@ -12,17 +12,25 @@ Rules (documented decisions):
 - A tile is kept iff its footprint intersects the region with positive area (touching only along an
   edge, within 1 mm, does not count), so tiles that only touch a polygon's bounding box are dropped.
 - Each zone/hemisphere part of a region is tiled in that zone's own grid. Near a zone boundary (or the
-  equator) the tiles of both grids that reach the boundary are kept: neighbouring zones' tiles overlap
-  there by less than one tile, and nothing is left uncovered.
+  equator) the tiles of both grids that reach the boundary are kept, so nothing is left uncovered, and a
+  strip up to about one tile wide on each side is covered twice (e.g. 7-10 % of a 1x1 degree box on a
+  zone seam at 512 px; benchmarks/bench_plan.py). Rows carry ``is_primary`` (``tiles.grid.is_primary``):
+  keeping only those drops most duplicates, but the two grids do not line up, so a primary-only plan would
+  leave gaps (~1 % of such a box) and is deliberately not offered.
 - A tile id is emitted once per request id: all regions of one request are unioned first, and every
   grid row of a (request, zone) belongs to exactly one shard, so shards never repeat a tile.
-- Points use the zone/hemisphere grid of the point itself; their square stays in that grid.
+- Points use the zone/hemisphere of the point itself. By default (``points_mode='chip'``) each point
+  becomes one chip: the square of side 2*buffer_m centred on the point within half a pixel, its origin
+  snapped to the zone's pixel lattice (``tiles.chips.point_chip``; buffer 0 = a tile_px square), with a
+  stable id. ``points_mode='grid'`` keeps the grid tiles that the square touches.
+- ``row_multiple``: band boundaries fall on multiples of this many grid rows (the height of one Earth
+  Engine request in tiles), so packing a shard's tiles into requests is not cut short by the band edges.
 """
 from __future__ import annotations
 
 import collections
 import dataclasses
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import shapely
@@ -30,12 +38,13 @@ import shapely
 from tiles.errors import InputError
 from tiles.grid import (UTM_MAX_LAT, UTM_MIN_LAT, epsg_zone, project_to_utm, to_utm, utm_epsg, utm_zone,
                         validate_grid, zone_lon_bounds)
-from tiles.records import Tile, TileRequest, TimeWindow
+from tiles.records import Chip, Tile, TileRequest, TimeWindow
 from tiles.regions import Region
 
 DEFAULT_TILE_PX = 512
 DEFAULT_SCALE_M = 10.0
 DEFAULT_TARGET_TILES = 1024
+POINTS_MODES = ("chip", "grid")
 EDGE_TOLERANCE_M = 1e-3       # contacts thinner than this are "touching", not "intersecting"
 DENSIFY_DEG = 0.05            # lon/lat edges are densified before projection (sagitta << 1 m)
 
@@ -54,6 +63,7 @@ class PlanShard:
     row_stop: int
     geometry_wkb: Optional[bytes] = None                       # region in UTM metres, clipped to the band
     rects: Tuple[Tuple[float, float, float, float], ...] = ()  # point squares in UTM metres (x0, y0, x1, y1)
+    chips: Tuple[Tuple[int, int, int, int], ...] = ()          # point chips: (x0, y0, width, height) pixels
 
     @property
     def size_m(self) -> float:
@@ -180,8 +190,13 @@ def _row_costs(polygons: Optional[shapely.Geometry], rects: Optional[np.ndarray]
     return first, np.cumsum(diff[:-1])
 
 
-def _bands(costs: np.ndarray, target: int) -> List[Tuple[int, int]]:
-    """Cut rows into contiguous bands [start, stop) of about ``target`` estimated tiles; empty bands dropped."""
+def _bands(costs: np.ndarray, target: int, row_multiple: int = 1) -> List[Tuple[int, int]]:
+    """Cut rows into contiguous bands [start, stop) of about ``target`` estimated tiles, each a whole number of
+    ``row_multiple`` rows (but the last); empty bands dropped."""
+    k = max(1, int(row_multiple))
+    if k > 1:
+        chunks = np.add.reduceat(costs, np.arange(0, len(costs), k)) if len(costs) else costs
+        return [(a * k, min(b * k, len(costs))) for a, b in _bands(chunks, target)]
     before = np.cumsum(costs) - costs
     band_of_row = before // max(1, target)
     starts = np.flatnonzero(np.diff(band_of_row, prepend=-1))
@@ -190,10 +205,10 @@ def _bands(costs: np.ndarray, target: int) -> List[Tuple[int, int]]:
 
 
 def _zone_shards(request_id: str, epsg: int, polygons: Optional[shapely.Geometry], rects: Optional[np.ndarray],
-                 tile_px: int, scale_m: float, target: int) -> Iterator[PlanShard]:
+                 tile_px: int, scale_m: float, target: int, row_multiple: int = 1) -> Iterator[PlanShard]:
     size = tile_px * scale_m
     first, costs = _row_costs(polygons, rects, size)
-    bands = _bands(costs, target)
+    bands = _bands(costs, target, row_multiple)
     band_geoms: List[Optional[bytes]] = [None] * len(bands)
     if polygons is not None:
         min_x, _, max_x, _ = polygons.bounds
@@ -213,22 +228,49 @@ def _zone_shards(request_id: str, epsg: int, polygons: Optional[shapely.Geometry
             yield PlanShard(request_id, epsg, tile_px, scale_m, row_start, row_stop, wkb, band_rects)
 
 
+def _chip_shards(request_id: str, group: Sequence[Region], tile_px: int, scale_m: float,
+                 target: int) -> Iterator[PlanShard]:
+    """Point chips of one request, per zone, in runs of about ``target`` chips ordered north to south in
+    bands (then west to east) so that neighbours land in one shard and share requests."""
+    from tiles.chips import point_chip
+
+    by_epsg: Dict[int, Dict[Tuple[int, int, int, int], None]] = collections.defaultdict(dict)
+    for region in group:
+        buffer_m = region.buffer_m if region.buffer_m > 0 else tile_px * scale_m / 2
+        for lon, lat in region.points:
+            chip = point_chip(lon, lat, buffer_m, scale_m)
+            by_epsg[chip.epsg][chip.pixel_box] = None
+    for epsg in sorted(by_epsg):
+        boxes = sorted(by_epsg[epsg], key=lambda b: (-((b[1] + b[3]) // 2048), b[0], -b[1]))
+        for start in range(0, len(boxes), max(1, target)):
+            run = tuple(boxes[start:start + max(1, target)])
+            yield PlanShard(request_id, epsg, tile_px, scale_m, min(b[1] for b in run),
+                            max(b[1] + b[3] for b in run), chips=run)
+
+
 def plan_shards(regions: Iterable[Region], tile_px: int = DEFAULT_TILE_PX, scale_m: float = DEFAULT_SCALE_M,
-                target_tiles: int = DEFAULT_TARGET_TILES) -> Iterator[PlanShard]:
+                target_tiles: int = DEFAULT_TARGET_TILES, points_mode: str = "chip",
+                row_multiple: int = 1) -> Iterator[PlanShard]:
     """Coarse plan shards in a deterministic order (by request id, EPSG, row); lazy, cheap."""
     validate_grid(tile_px, scale_m)
+    if points_mode not in POINTS_MODES:
+        raise InputError(f"--points-mode {points_mode!r} is not one of {', '.join(POINTS_MODES)}")
     for request_id, group in _group_by_request(regions).items():
         geometries = [r.geometry for r in group if r.geometry is not None]
         parts: Dict[int, shapely.Geometry] = {}
         if geometries:
             union = geometries[0] if len(geometries) == 1 else shapely.union_all(geometries)
             parts = _zone_parts(union)
-        rects = _point_rects(group)
+        point_regions = [r for r in group if r.points]
+        rects = _point_rects(group) if points_mode == "grid" else {}
         for epsg in sorted(set(parts) | set(rects)):
             polygons = _projected_polygons(parts[epsg], epsg) if epsg in parts else None
             if polygons is None and epsg not in rects:
                 continue
-            yield from _zone_shards(request_id, epsg, polygons, rects.get(epsg), tile_px, scale_m, target_tiles)
+            yield from _zone_shards(request_id, epsg, polygons, rects.get(epsg), tile_px, scale_m, target_tiles,
+                                    row_multiple)
+        if points_mode == "chip" and point_regions:
+            yield from _chip_shards(request_id, point_regions, tile_px, scale_m, target_tiles)
 
 
 # --------------------------------------------------------------------------------------- workers
@@ -282,12 +324,15 @@ def shard_rows(shard: PlanShard) -> Iterator[Tuple[int, List[Interval]]]:
         yield current_row, merged
 
 
-def expand_shard(shard: PlanShard) -> Iterator[Tile]:
-    """The tiles of one shard, row by row, west to east."""
-    for row, intervals in shard_rows(shard):
-        for lo, hi in intervals:
-            for column in range(lo, hi + 1):
-                yield Tile(shard.epsg, column, row, shard.tile_px, shard.scale_m)
+def expand_shard(shard: PlanShard) -> Iterator[Union[Tile, Chip]]:
+    """The tiles of one shard, row by row, west to east; then its point chips."""
+    if shard.geometry_wkb is not None or shard.rects:
+        for row, intervals in shard_rows(shard):
+            for lo, hi in intervals:
+                for column in range(lo, hi + 1):
+                    yield Tile(shard.epsg, column, row, shard.tile_px, shard.scale_m)
+    for x0, y0, width, height in shard.chips:
+        yield Chip(shard.epsg, x0, y0, width, height, shard.scale_m)
 
 
 def expand_shard_requests(shard: PlanShard, windows: Sequence[TimeWindow]) -> Iterator[TileRequest]:
@@ -298,23 +343,23 @@ def expand_shard_requests(shard: PlanShard, windows: Sequence[TimeWindow]) -> It
 
 
 def count_shard(shard: PlanShard) -> int:
-    return sum(hi - lo + 1 for _, intervals in shard_rows(shard) for lo, hi in intervals)
+    return sum(hi - lo + 1 for _, intervals in shard_rows(shard) for lo, hi in intervals) + len(shard.chips)
 
 
 # ------------------------------------------------------------------------------- whole-plan views
 
 def plan_requests(regions: Iterable[Region], windows: Sequence[TimeWindow], tile_px: int = DEFAULT_TILE_PX,
-                  scale_m: float = DEFAULT_SCALE_M) -> Iterator[TileRequest]:
+                  scale_m: float = DEFAULT_SCALE_M, points_mode: str = "chip") -> Iterator[TileRequest]:
     """Pure-Python equivalent of ``transforms.plan.PlanTiles`` (lazy; for tests and small local runs)."""
     windows = check_windows(windows)
-    for shard in plan_shards(regions, tile_px, scale_m):
+    for shard in plan_shards(regions, tile_px, scale_m, points_mode=points_mode):
         yield from expand_shard_requests(shard, windows)
 
 
 def plan_summary(regions: Iterable[Region], windows: Sequence[TimeWindow] = (), tile_px: int = DEFAULT_TILE_PX,
-                 scale_m: float = DEFAULT_SCALE_M) -> PlanSummary:
+                 scale_m: float = DEFAULT_SCALE_M, points_mode: str = "chip") -> PlanSummary:
     """Tile counts for ``--dry-run``; iterates shards, never a tile list, so memory stays bounded."""
-    return summarize_shards(plan_shards(regions, tile_px, scale_m), windows)
+    return summarize_shards(plan_shards(regions, tile_px, scale_m, points_mode=points_mode), windows)
 
 
 def summarize_shards(shards: Iterable[PlanShard], windows: Sequence[TimeWindow] = ()) -> PlanSummary:
@@ -329,9 +374,10 @@ def summarize_shards(shards: Iterable[PlanShard], windows: Sequence[TimeWindow] 
     return summary
 
 
-def count_tiles(regions: Iterable[Region], tile_px: int = DEFAULT_TILE_PX, scale_m: float = DEFAULT_SCALE_M) -> int:
+def count_tiles(regions: Iterable[Region], tile_px: int = DEFAULT_TILE_PX, scale_m: float = DEFAULT_SCALE_M,
+                points_mode: str = "chip") -> int:
     """Number of distinct (request id, tile) pairs."""
-    return plan_summary(regions, (), tile_px, scale_m).tiles
+    return plan_summary(regions, (), tile_px, scale_m, points_mode).tiles
 
 
 def check_windows(windows: Sequence[TimeWindow]) -> Tuple[TimeWindow, ...]:

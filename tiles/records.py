@@ -29,6 +29,12 @@ class TimeWindow:
         return f"{self.start.isoformat()}_{self.end.isoformat()}"
 
 
+def scale_text(scale_m: float) -> str:
+    """The shortest spelling of a pixel size that reads back as the same float ('10', '2.5', '0.3')."""
+    text = repr(float(scale_m))
+    return text[:-2] if text.endswith(".0") else text
+
+
 @dataclasses.dataclass(frozen=True)
 class Tile:
     """One square tile of a UTM grid: ``tile_px`` pixels of ``scale_m`` metres on a side.
@@ -50,7 +56,12 @@ class Tile:
 
     @property
     def tile_id(self) -> str:
-        return f"{self.epsg}_{self.tile_px}px{self.scale_m:g}m_{self.ix}_{self.iy}"
+        return f"{self.epsg}_{self.tile_px}px{scale_text(self.scale_m)}m_{self.ix}_{self.iy}"
+
+    @property
+    def pixel_box(self) -> Tuple[int, int, int, int]:
+        """(x0, y0, width, height) on the zone's ``scale_m`` pixel lattice (see ``Chip``)."""
+        return self.ix * self.tile_px, self.iy * self.tile_px, self.tile_px, self.tile_px
 
     @property
     def crs(self) -> str:
@@ -63,12 +74,63 @@ class Tile:
 
 
 @dataclasses.dataclass(frozen=True)
+class Chip:
+    """A rectangle of whole pixels on a UTM zone's pixel lattice (pixel (i, j) covers eastings
+    [i*scale_m, (i+1)*scale_m) and northings [j*scale_m, (j+1)*scale_m)): columns [x0, x0+width),
+    rows [y0, y0+height), counted east and north. A grid ``Tile`` is the special case x0 = ix*tile_px,
+    y0 = iy*tile_px, width = height = tile_px; a chip can sit anywhere on the lattice (a point's centred
+    square, a pixel-snapped box) and still shares Earth Engine requests with its neighbours.
+    """
+
+    epsg: int
+    x0: int
+    y0: int
+    width: int
+    height: int
+    scale_m: float
+
+    def __post_init__(self) -> None:
+        if self.width < 1 or self.height < 1:
+            raise ValueError(f"chip width and height must be >= 1 pixel, got {self.width}x{self.height}")
+
+    @property
+    def tile_px(self) -> int:
+        """Side in pixels (the width; the pipeline's chips are square)."""
+        return self.width
+
+    @property
+    def size_m(self) -> float:
+        return max(self.width, self.height) * self.scale_m
+
+    @property
+    def pixel_box(self) -> Tuple[int, int, int, int]:
+        return self.x0, self.y0, self.width, self.height
+
+    @property
+    def tile_id(self) -> str:
+        """Stable id: EPSG_<w>x<h>px<scale>m_<x0>_<y0> (pixel origin of the south-west corner)."""
+        return f"{self.epsg}_{self.width}x{self.height}px{scale_text(self.scale_m)}m_{self.x0}_{self.y0}"
+
+    @property
+    def crs(self) -> str:
+        return f"EPSG:{self.epsg}"
+
+    @property
+    def transform(self) -> Tuple[float, float, float, float, float, float]:
+        """Affine pixel grid in Earth Engine's order (see ``Tile.transform``)."""
+        return (self.scale_m, 0.0, self.x0 * self.scale_m, 0.0, -self.scale_m,
+                (self.y0 + self.height) * self.scale_m)
+
+
+@dataclasses.dataclass(frozen=True)
 class TileRequest:
     """A tile and a time window to embed, tagged with the id of the user request it came from."""
 
-    tile: Tile
+    tile: "Tile | Chip"
     window: TimeWindow
     request_id: str = "default"
+    # The Earth Engine request block the planner packed this tile into (None: pack at fetch time).
+    block: Optional[str] = dataclasses.field(default=None, compare=False)
 
     @property
     def key(self) -> str:

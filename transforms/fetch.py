@@ -1,6 +1,7 @@
 """Beam wrapper of ``earth_engine``: TileRequest -> TilePixels, with a 'dead_letter' output.
 
-Requests are grouped by super-tile block (GroupByKey), blocks are batched so that one DoFn call
+Requests are grouped by the request block the planner packed them into (GroupByKey; requests the planner
+did not pack are grouped by coarse lattice cells and packed in the DoFn), blocks are batched so that one DoFn call
 keeps up to ``max_concurrency`` requests in flight, and every request comes out either as
 ``TilePixels`` on the main output or as a ``DeadLetter``; nothing per-tile raises out.
 """
@@ -23,7 +24,7 @@ _LOG = logging.getLogger(__name__)
 
 
 class _FetchBlocksDoFn(beam.DoFn):
-    """Fetches a batch of super-tile blocks (each a list of TileRequests)."""
+    """Fetches a batch of request blocks (each a list of TileRequests)."""
 
     def __init__(self, s2: earth_engine.S2Settings, ee_settings: earth_engine.EESettings):
         self._s2 = s2
@@ -73,8 +74,8 @@ class FetchTiles(beam.PTransform):
         # sizing would start at one block per call, i.e. one request in flight).
         batch = 2 * s2.concurrency
         return (requests
-                | "KeyBySuperTile" >> beam.Map(lambda r: (earth_engine.block_id(r, s2), r))
-                | "GroupSuperTiles" >> beam.GroupByKey()
+                | "KeyByBlock" >> beam.Map(lambda r: (earth_engine.group_key(r), r))
+                | "GroupBlocks" >> beam.GroupByKey()
                 | "Blocks" >> beam.MapTuple(lambda _, rs: list(rs))
                 | "BatchBlocks" >> beam.BatchElements(min_batch_size=batch, max_batch_size=batch)
                 | "FetchPixels" >> beam.ParDo(_FetchBlocksDoFn(s2, self._ee_settings)).with_outputs(

@@ -1,31 +1,74 @@
-"""``PlanTiles``: user regions x time windows -> TileRequests, expanded on the workers.
+"""``PlanTiles``: user regions x time windows -> TileRequests, expanded and packed on the workers.
 
 The launcher only computes coarse plan shards (``tiles.plan_shards``: bands of grid rows per request and
-UTM zone, about a thousand tiles each); ``Reshuffle`` spreads them over workers, which expand each shard
-into its TileRequests. The tile list is never materialised on the launcher.
+UTM zone, a whole number of request heights each, and runs of point chips); ``Reshuffle`` spreads them
+over workers, which expand each shard into its tiles, pack them into Earth Engine requests
+(``earth_engine.packing``) and emit one TileRequest per tile and window, stamped with its request block.
+The tile list is never materialised on the launcher.
 """
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 
+from earth_engine.packing import count_requests, fits, max_request_pixels, pack_boxes, window_shape
+from earth_engine.settings import S2Settings
 from tiles.planning import (DEFAULT_SCALE_M, DEFAULT_TARGET_TILES, DEFAULT_TILE_PX, PlanShard, check_windows,
-                            expand_shard_requests, plan_shards, summarize_shards)
+                            expand_shard, plan_shards, summarize_shards)
 from tiles.records import TileRequest, TimeWindow
 from tiles.regions import Region
 
 
+def block_rows(tile_px: int, s2: S2Settings) -> int:
+    """Grid rows of one packed request of tile_px tiles (what shard bands are a multiple of)."""
+    max_px = max_request_pixels(s2)
+    return window_shape(tile_px, tile_px, max_px)[1] // tile_px if tile_px * tile_px <= max_px else 1
+
+
+def shard_key(shard: PlanShard) -> str:
+    return f"{shard.request_id}/{shard.epsg}/{shard.tile_px}px/r{shard.row_start}" + ("c" if shard.chips else "")
+
+
+def packed_shard(shard: PlanShard, s2: S2Settings) -> List[Tuple[object, str]]:
+    """(tile or chip, request block id) for every tile of the shard: its boxes packed into requests."""
+    areas = list(expand_shard(shard))
+    boxes = [a.pixel_box for a in areas]
+    max_px = max_request_pixels(s2)
+    block_of = {}
+    small = [b for b in dict.fromkeys(boxes) if fits(b, max_px)]
+    for index, members in enumerate(pack_boxes(small, max_px)):
+        for i in members:
+            block_of[small[i]] = f"{shard_key(shard)}/b{index}"
+    key = shard_key(shard)
+    return [(a, block_of.get(b, f"{key}/x{b[0]}_{b[1]}")) for a, b in zip(areas, boxes)]
+
+
+def expand_and_pack(shard: PlanShard, windows: Sequence[TimeWindow], s2: S2Settings) -> Iterator[TileRequest]:
+    """Every tile of a shard for every window, tagged with the shard's request id and its request block."""
+    for area, block in packed_shard(shard, s2):
+        for window in windows:
+            yield TileRequest(area, window, shard.request_id, block=block)
+
+
+def shard_requests(shard: PlanShard, s2: S2Settings) -> int:
+    """computePixels requests of one shard per window (what ``expand_and_pack`` leads to)."""
+    return count_requests([a.pixel_box for a in expand_shard(shard)], s2)
+
+
 class PlanTiles(beam.PTransform):
-    """PBegin -> PCollection[TileRequest]: every (request id, tile, window) once."""
+    """PBegin -> PCollection[TileRequest]: every (request id, tile, window) once, packed into request blocks."""
 
     def __init__(self, regions: Sequence[Region], windows: Sequence[TimeWindow], tile_px: int = DEFAULT_TILE_PX,
                  scale_m: float = DEFAULT_SCALE_M, target_tiles: int = DEFAULT_TARGET_TILES,
-                 label: str | None = None) -> None:
+                 label: str | None = None, s2: Optional[S2Settings] = None, points_mode: str = "chip") -> None:
         super().__init__(label)
         self._windows = check_windows(windows)
+        self._s2 = s2 or S2Settings()
         # Shards are computed here, at construction on the launcher, so bad regions fail before the run.
-        self.shards: Tuple[PlanShard, ...] = tuple(plan_shards(regions, tile_px, scale_m, target_tiles))
+        self.shards: Tuple[PlanShard, ...] = tuple(plan_shards(
+            regions, tile_px, scale_m, target_tiles, points_mode=points_mode,
+            row_multiple=block_rows(tile_px, self._s2)))
 
     @property
     def planned_requests(self) -> int:
@@ -36,4 +79,5 @@ class PlanTiles(beam.PTransform):
         return (pbegin
                 | "CreateShards" >> beam.Create(self.shards)
                 | "SpreadShards" >> beam.Reshuffle()
-                | "ExpandShards" >> beam.FlatMap(expand_shard_requests, self._windows).with_output_types(TileRequest))
+                | "ExpandShards" >> beam.FlatMap(expand_and_pack, self._windows, self._s2).with_output_types(
+                    TileRequest))

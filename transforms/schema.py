@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from tiles import records
-from tiles.grid import tile_center_lonlat, tile_footprint_wgs84
+from tiles.grid import geodesic_wkt, is_primary, tile_center_lonlat, tile_footprint_wgs84
 from tiles.records import TileRequest, TimeWindow
 
 GEOMETRY_COLUMN = "geometry"
@@ -55,7 +55,12 @@ _COLUMNS = [
     ("request_id", pa.string(), "STRING", "REQUIRED", "id of the user request (region / point) the tile came from"),
     ("lon", pa.float64(), "FLOAT64", "REQUIRED", "tile centre longitude (WGS84)"),
     ("lat", pa.float64(), "FLOAT64", "REQUIRED", "tile centre latitude (WGS84)"),
-    (GEOMETRY_COLUMN, pa.binary(), "GEOGRAPHY", "REQUIRED", "tile footprint (WKB in Parquet)"),
+    (GEOMETRY_COLUMN, pa.binary(), "GEOGRAPHY", "REQUIRED",
+     "tile footprint (WKB in Parquet, planar edges: split at the antimeridian into a MultiPolygon where it "
+     "crosses it; one geodesic loop in BigQuery)"),
+    ("is_primary", pa.bool_(), "BOOL", "REQUIRED",
+     "the tile's centre lies in its own UTM zone's 6-degree band and hemisphere: keep only these rows to drop "
+     "most duplicates where the grids of two zones (or hemispheres) overlap at a seam"),
     ("crs", pa.string(), "STRING", "REQUIRED", "tile pixel grid CRS, e.g. EPSG:32633"),
     ("transform", pa.list_(pa.float64()), "FLOAT64", "REPEATED",
      "affine pixel grid in Earth Engine order: xScale, xShear, xTranslation, yShear, yScale, yTranslation"),
@@ -96,7 +101,7 @@ def geo_metadata() -> Dict[str, Any]:
         "version": "1.1.0",
         "primary_column": GEOMETRY_COLUMN,
         "columns": {GEOMETRY_COLUMN: {
-            "encoding": "WKB", "geometry_types": ["Polygon"], "edges": "planar",
+            "encoding": "WKB", "geometry_types": ["Polygon", "MultiPolygon"], "edges": "planar",
             "covering": {"bbox": {corner: [BBOX_COLUMN, corner] for corner in ("xmin", "ymin", "xmax", "ymax")}}}},
     }
 
@@ -165,6 +170,7 @@ def encode_row(meta: TileMeta, embedding: np.ndarray, model_meta: Mapping[str, A
         "lon": lon,
         "lat": lat,
         GEOMETRY_COLUMN: footprint.wkb,
+        "is_primary": is_primary(tile),
         "crs": tile.crs,
         "transform": [float(v) for v in tile.transform],
         "tile_px": int(tile.tile_px),
@@ -203,7 +209,7 @@ def to_bigquery_row(row: Mapping[str, Any]) -> Dict[str, Any]:
     from shapely import wkb
 
     out = {name: row[name] for name, *_ in _COLUMNS}
-    out[GEOMETRY_COLUMN] = wkb.loads(row[GEOMETRY_COLUMN]).wkt
+    out[GEOMETRY_COLUMN] = geodesic_wkt(wkb.loads(row[GEOMETRY_COLUMN]))
     out["start_date"] = row["start_date"].isoformat()
     out["end_date"] = row["end_date"].isoformat()
     out["created_at"] = row["created_at"].astimezone(dt.timezone.utc).isoformat()

@@ -8,7 +8,8 @@ deterministic synthetic pixels whose values encode their own ground coordinates
 Every computePixels request is recorded (:class:`ComputePixelsCall`), requests in flight are counted
 (``max_in_flight``), and replies can be scripted: per-request rules (by call index, footprint, ...)
 and seeded fault rates (429, 500, stall, malformed) for chaos tests and benchmarks. A latency model
-(``base_s + per_mb_s * MB``) makes benchmarks behave like the real service.
+(``base_s + per_mb_s * MB``) makes benchmarks behave like the real service. Like Earth Engine, it refuses
+(400) a grid over 32,768 px a side or a payload over 48 MiB counted with one mask byte per band.
 """
 from __future__ import annotations
 
@@ -29,6 +30,11 @@ import numpy as np
 
 PROJECT = "test-project"
 SCENE_COUNT_BAND = "SCENE_COUNT"
+# Earth Engine's computePixels limits: payload counted as sum over bands of (bytes per value + 1 mask byte)
+# x pixels, at most 48 MiB; at most 32,768 pixels a side.
+MAX_REQUEST_BYTES = 48 * 1024 * 1024
+MAX_GRID_SIDE_PX = 32768
+BAND_DTYPE = np.dtype(np.uint16)  # every band of the pipeline's expression is cast to uint16
 _DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
@@ -144,7 +150,7 @@ def pixel_centres(transform: Sequence[float], width: int, height: int) -> Tuple[
     sx, shx, tx, shy, sy, ty = transform
     cols = np.arange(width) + 0.5
     rows = np.arange(height) + 0.5
-    if shx == 0 and shy == 0:  # north-up: 1-D is enough (cheap for big super-tiles)
+    if shx == 0 and shy == 0:  # north-up: 1-D is enough (cheap for big requests)
         return (tx + sx * cols)[None, :], (ty + sy * rows)[:, None]
     return (tx + sx * cols[None, :] + shx * rows[:, None], ty + shy * cols[None, :] + sy * rows[:, None])
 
@@ -158,7 +164,7 @@ def synthetic_pixels(crs: str, transform: Sequence[float], width: int, height: i
         "B4": np.broadcast_to(synthetic_value_x(easting), shape),
         "B3": np.broadcast_to(synthetic_value_y(northing), shape),
         "B2": np.broadcast_to(np.uint16(synthetic_value_zone(crs, window_start)), shape),
-        SCENE_COUNT_BAND: np.broadcast_to(np.uint8(n_scenes), shape),
+        SCENE_COUNT_BAND: np.broadcast_to(np.uint16(n_scenes), shape),
     }
 
 
@@ -244,7 +250,7 @@ class FakeEarthEngine:
     def fail_where(self, x: float, y: float, fault: Fault, times: Optional[int] = None,
                    max_width: Optional[int] = None) -> None:
         """Answer calls whose footprint covers ground point (x, y) (and, optionally, that are at most
-        ``max_width`` pixels wide: e.g. fail only super-tiles) with ``fault``."""
+        ``max_width`` pixels wide: e.g. fail only requests of several tiles) with ``fault``."""
         self.add_rule(lambda call: call.covers(x, y) and (max_width is None or call.width <= max_width),
                       fault, times)
 
@@ -320,7 +326,25 @@ class FakeEarthEngine:
         call = self._parse_call(body)
         return (*self._answer(call, body), call)
 
+    @staticmethod
+    def _check_size(call: ComputePixelsCall, band_ids: Sequence[str]) -> None:
+        """Refuse what Earth Engine refuses, with messages of the same shape."""
+        if call.width > MAX_GRID_SIDE_PX or call.height > MAX_GRID_SIDE_PX:
+            raise _BadRequest(f"Grid dimensions ({call.width}x{call.height}) must be less than or equal to "
+                              f"{MAX_GRID_SIDE_PX} pixels in each dimension.")
+        if call.width < 1 or call.height < 1:
+            raise _BadRequest(f"Grid dimensions ({call.width}x{call.height}) must be positive.")
+        size = call.width * call.height * len(band_ids) * (BAND_DTYPE.itemsize + 1)
+        if size > MAX_REQUEST_BYTES:
+            raise _BadRequest(f"Total request size ({size} bytes) must be less than or equal to "
+                              f"{MAX_REQUEST_BYTES} bytes.")
+
     def _answer(self, call: ComputePixelsCall, body: dict) -> Tuple[int, str, bytes]:
+        try:
+            self._check_size(call, body.get("bandIds") or ["B4", "B3", "B2"])
+        except _BadRequest:
+            call.answer = 400
+            raise
         answer = self._choose_answer(call)
         call.answer = answer
         if answer == Fault.STALL:

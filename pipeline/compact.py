@@ -238,7 +238,7 @@ def compact(output: str, shard_rows: int = SHARD_ROWS, row_group_rows: int = ROW
     return written
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline.compact", description=__doc__.split("\n\n")[0])
     parser.add_argument("output", help="the --output of the pipeline (local directory or gs://bucket/prefix)")
     parser.add_argument("--shard-rows", type=int, default=SHARD_ROWS, help=f"rows per shard (default {SHARD_ROWS})")
@@ -246,10 +246,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help=f"rows per row group (default {ROW_GROUP_ROWS})")
     parser.add_argument("--max-rows-per-pass", type=int, default=MAX_ROWS_PER_PASS,
                         help=f"rows held in memory at once (default {MAX_ROWS_PER_PASS})")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser_ = parser()
+    args = parser_.parse_args(argv)
     for name in ("shard_rows", "row_group_rows", "max_rows_per_pass"):
         if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+            parser_.error(f"--{name.replace('_', '-')} must be >= 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     written = compact(args.output.rstrip("/"), args.shard_rows, args.row_group_rows, args.max_rows_per_pass)
     print(f"compacted into {len(written)} shard(s)" if written else "nothing to compact")

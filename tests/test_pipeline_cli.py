@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import importlib
 import io
 import re
 from pathlib import Path
@@ -142,6 +143,15 @@ def message_strings() -> dict:
     return found
 
 
+# The tools with a parser of their own; a message from one of these files names flags of those tools.
+_TOOL_PARSERS = {"pipeline/map.py": ("map",), "pipeline/similar.py": ("similar",),
+                 "pipeline/sample.py": ("map", "similar"), "pipeline/compact.py": ("compact",)}
+
+
+def _tool_parser(name: str):
+    return importlib.import_module(f"pipeline.{name}").parser()
+
+
 def _parser_knows(flag: str) -> bool:
     """Run the flag through the parser the launcher uses (Beam's flags and ours)."""
     from pipeline.options import _all_options_parser
@@ -164,10 +174,27 @@ def test_every_flag_that_help_or_an_error_message_suggests_exists(capsys):
             message_flags.setdefault(flag, where)
     assert {"--skip-existing", "--ee-project", "--output", "--buffer-m", "--dry-run"} <= set(message_flags)
     assert len(help_flags) > 30
-    missing = {flag: message_flags.get(flag, "--help") for flag in sorted(help_flags | set(message_flags))
-               if not _parser_knows(flag)}
+    missing = {flag: where for flag, where in {**dict.fromkeys(help_flags, "--help"), **message_flags}.items()
+               if where.split(":")[0] not in _TOOL_PARSERS and not _parser_knows(flag)}
     assert not missing, f"suggested but unknown to the parser: {missing}"
     assert not _parser_knows("--repair-geometry")  # the check itself can fail
+
+
+def test_every_flag_a_tool_suggests_exists_in_that_tool():
+    """map, similar and compact have parsers of their own: their help and messages name their own flags, or the
+    pipeline's (e.g. "the --output of a run")."""
+    tool_flags = {}
+    for text, where in message_strings().items():
+        for tool in _TOOL_PARSERS.get(where.split(":")[0], ()):
+            tool_flags.setdefault(tool, {}).update({flag: where for flag in FLAG.findall(text)})
+    for tool in ("map", "similar", "compact"):
+        tool_flags.setdefault(tool, {}).update(dict.fromkeys(FLAG.findall(_tool_parser(tool).format_help()),
+                                                             "--help"))
+    assert {"--input", "--tile-id"} <= set(tool_flags["similar"])
+    missing = {(tool, flag): where for tool, flags in tool_flags.items() for flag, where in flags.items()
+               if flag not in _tool_parser(tool)._option_string_actions and not _parser_knows(flag)}
+    assert not missing, f"suggested but unknown to the tool's parser: {missing}"
+    assert "--bbox" not in _tool_parser("map")._option_string_actions  # tool parsers are told apart
 
 
 def test_help_lists_every_scan_backend_and_only_real_precisions(capsys):

@@ -45,6 +45,33 @@ def load_backbone(config: ModelConfig) -> tuple[torch.nn.Module, CheckpointInfo]
     return model.to(device=device).eval(), info
 
 
+def _pinned_copy(array: np.ndarray, device: torch.device, buffers: dict) -> torch.Tensor:
+    """Host array -> device through a reused page-locked buffer (an asynchronous DMA copy)."""
+    key = (array.shape, array.dtype.str)
+    buffer = buffers.get(key)
+    if buffer is None:
+        buffer = buffers[key] = torch.empty(array.shape, dtype=torch.from_numpy(array[:0]).dtype,
+                                            pin_memory=device.type == "cuda")
+    buffer.copy_(torch.from_numpy(array))
+    return buffer.to(device, non_blocking=True)
+
+
+def raw_to_device(raw_chw_batch: np.ndarray, img_size: int, device: torch.device, buffers: dict) -> torch.Tensor:
+    """Raw tiles (B, 3, H, W) -> normalised model input on ``device``, bit-identical to ``preprocess_s2_rgb``.
+
+    Tiles already at img_size travel as raw uint16 (as int16 bits) through pinned memory and are scaled on
+    the device; others are resized on the CPU (Pillow bicubic is part of the numerics) and travel as uint8.
+    """
+    batch = check_raw_chw(raw_chw_batch, batched=True)
+    if batch.shape[-2:] == (img_size, img_size):
+        host = batch.view(np.int16) if batch.dtype == np.uint16 else batch.astype(np.float32, copy=False)
+        rgb = raw_to_rgb_uint8_torch(_pinned_copy(np.ascontiguousarray(host), device, buffers))
+    else:
+        host = np.stack([resize_rgb_uint8(raw_to_rgb_uint8(chw), img_size).transpose(2, 0, 1) for chw in batch])
+        rgb = _pinned_copy(np.ascontiguousarray(host), device, buffers)
+    return normalize_rgb_uint8_torch(rgb)
+
+
 class DynamicVisEmbedder:
     """Holds one backbone; embeds batches of raw S2 RGB tiles into pooled vectors and last-stage grids."""
 
@@ -56,7 +83,7 @@ class DynamicVisEmbedder:
         self.precision = resolve_precision(self.config.precision, self.device)   # 'auto' -> what runs here
         # CUDA: forward batches that fit the device, each replayed from a captured graph (not launch-bound).
         self.max_forward_batch = device_batch_size(self.device, self.config.img_size, self.checkpoint.arch)
-        self._graphs = (CudaGraphForward(self.model, lambda: autocast_for(self.precision, self.device))
+        self._graphs = (CudaGraphForward(self.model, lambda: autocast_for(self.precision, self.device, False))
                         if self.device.type == "cuda" and not self.config.use_upstream_code else None)
         self._pinned: dict = {}
 
@@ -97,31 +124,8 @@ class DynamicVisEmbedder:
             return self._embed_on_device(self._raw_to_device(raw_chw_batch), pooling, grid)
         return self.embed_preprocessed(self.preprocess(raw_chw_batch), pooling=pooling, grid=grid)
 
-    def _pinned_copy(self, array: np.ndarray) -> torch.Tensor:
-        """Host array -> device through a reused page-locked buffer (an asynchronous DMA copy)."""
-        key = (array.shape, array.dtype.str)
-        buffer = self._pinned.get(key)
-        if buffer is None:
-            buffer = self._pinned[key] = torch.empty(array.shape, dtype=torch.from_numpy(array[:0]).dtype,
-                                                     pin_memory=self.device.type == "cuda")
-        buffer.copy_(torch.from_numpy(array))
-        return buffer.to(self.device, non_blocking=True)
-
     def _raw_to_device(self, raw_chw_batch: np.ndarray) -> torch.Tensor:
-        """Raw tiles -> normalised model input on the GPU, bit-identical to ``preprocess``.
-
-        Tiles already at img_size travel as raw uint16 (as int16 bits) and are scaled on the device; others
-        are resized on the CPU (Pillow bicubic is part of the numerics) and travel as uint8.
-        """
-        batch = check_raw_chw(raw_chw_batch, batched=True)
-        size = self.config.img_size
-        if batch.shape[-2:] == (size, size):
-            host = batch.view(np.int16) if batch.dtype == np.uint16 else batch.astype(np.float32, copy=False)
-            rgb = raw_to_rgb_uint8_torch(self._pinned_copy(np.ascontiguousarray(host)))
-        else:
-            host = np.stack([resize_rgb_uint8(raw_to_rgb_uint8(chw), size).transpose(2, 0, 1) for chw in batch])
-            rgb = self._pinned_copy(np.ascontiguousarray(host))
-        return normalize_rgb_uint8_torch(rgb)
+        return raw_to_device(raw_chw_batch, self.config.img_size, self.device, self._pinned)
 
     @torch.inference_mode()
     def embed_preprocessed(self, x: np.ndarray | torch.Tensor, pooling: str = "mean", grid: bool = False) -> dict:

@@ -6,7 +6,6 @@ resize -> /255, ImageNet mean/std -> float32 (3, img, img). NaN becomes 0 (numpy
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -40,6 +39,8 @@ def resize_rgb_uint8(rgb: np.ndarray, img_size: int) -> np.ndarray:
     """Pillow bicubic resize (torch's bicubic differs by up to 31 grey levels); no-op at the target size."""
     if rgb.shape[:2] == (img_size, img_size):
         return rgb
+    from PIL import Image   # here, so the package imports with torch and numpy alone (benchmarks/gpu_check.sh)
+
     resized = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).resize((img_size, img_size),
                                                                              resample=Image.BICUBIC)
     return np.asarray(resized)

@@ -110,9 +110,10 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
     return "fp32"
 
 
-def autocast_for(precision: str, device: torch.device | str):
+def autocast_for(precision: str, device: torch.device | str, cache_enabled: bool = True):
+    """``cache_enabled=False`` inside CUDA graph captures (autocast's weight-cast cache must not outlive one)."""
     if precision == "bf16":
-        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, cache_enabled=cache_enabled)
     if precision != "fp32":
         raise ValueError(f"precision={precision!r}: use 'fp32' or 'bf16' (resolve 'auto' with resolve_precision)")
     return contextlib.nullcontext()

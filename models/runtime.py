@@ -193,8 +193,9 @@ class CudaGraphForward:
     of small kernels; replaying a graph costs one launch). Capture warms up on a side stream, as CUDA graphs
     require; all graphs share one memory pool (they never run concurrently). Routing is unchanged: the
     captured kernels are the eager ones (softmax, topk, gather), so replay gives the eager result bit for bit.
-    Outputs are cloned out of the static buffers. At most ``max_graphs`` sizes are captured; other batch
-    sizes run eagerly.
+    Outputs are cloned out of the static buffers right after each replay (another size's replay may reuse
+    a graph's intermediate memory; static inputs live outside the pool). At most ``max_graphs`` sizes are
+    captured; other batch sizes, and any whose capture fails, run eagerly.
     """
 
     def __init__(self, model: torch.nn.Module, context: Callable[[], contextlib.AbstractContextManager],
@@ -224,11 +225,18 @@ class CudaGraphForward:
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         key = (tuple(x.shape), x.dtype)
-        entry = self.graphs.get(key)
-        if entry is None:
+        if key not in self.graphs:
             if len(self.graphs) >= self.max_graphs:
                 return self._eager(x)
-            entry = self.graphs[key] = self._capture(x)
+            try:
+                self.graphs[key] = self._capture(x)
+            except RuntimeError as error:   # an op that cannot be captured: this size runs eagerly
+                LOGGER.warning("CUDA graph capture failed for input %s (%s: %s); running it eagerly",
+                               tuple(x.shape), type(error).__name__, error)
+                self.graphs[key] = None
+        entry = self.graphs[key]
+        if entry is None:
+            return self._eager(x)
         graph, static_in, static_out = entry
         static_in.copy_(x, non_blocking=True)
         graph.replay()

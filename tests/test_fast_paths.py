@@ -6,6 +6,8 @@ bf16 autocast: cosine >= 0.999 to float32.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -130,7 +132,7 @@ def test_precision_auto_picks_bf16_only_where_native(monkeypatch):
     assert resolve_precision("auto", "cpu") == resolve_precision("bf16", "cpu") == "bf16"
     assert resolve_precision("fp32", "cpu") == "fp32"
     monkeypatch.delenv("DYNAMICVIS_CPU_BF16")
-    flags = open("/proc/cpuinfo").read() if __import__("os").path.exists("/proc/cpuinfo") else ""
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
     native = "avx512_bf16" in flags or "amx_bf16" in flags
     assert (cpu_bf16_support() != "none") == native
     with pytest.raises(ValueError, match="precision"):
@@ -163,3 +165,30 @@ def test_embedder_records_the_precision_it_uses(recipe_checkpoint_b64, model_cac
     embedder = DynamicVisEmbedder(config)
     assert embedder.precision == embedder.metadata["precision"] == expected
     assert embedder.metadata["scan"] == ("cpu_fused" if "cpu_fused" in FAST_SCANS else "chunked")
+
+
+def test_cuda_graph_forward_falls_back_to_eager_when_a_size_cannot_be_captured(monkeypatch):
+    """The capture itself needs a GPU (benchmarks/gpu_check.sh checks replay == eager bit for bit there);
+    here: a failed capture or a size beyond max_graphs runs eagerly instead of failing the batch."""
+    import contextlib
+
+    from models.runtime import CudaGraphForward
+
+    class Double(torch.nn.Module):
+        def forward(self, x):
+            return (2 * x,)
+
+    graphed = CudaGraphForward(Double(), contextlib.nullcontext, max_graphs=1)
+    captures = []
+
+    def failing_capture(x):
+        captures.append(tuple(x.shape))
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(graphed, "_capture", failing_capture)
+    x = torch.arange(6.0).reshape(2, 3)
+    for _ in range(2):
+        assert torch.equal(graphed(x)[0], 2 * x)
+    assert captures == [(2, 3)]                       # tried once, then remembered as eager
+    assert torch.equal(graphed(x[:1])[0], 2 * x[:1])  # beyond max_graphs: eager, no capture attempt
+    assert captures == [(2, 3)]

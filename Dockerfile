@@ -51,8 +51,10 @@ COPY models ./models
 COPY earth_engine ./earth_engine
 COPY tiles ./tiles
 RUN python -m pip install --no-deps . \
-    && python -c "import pipeline, transforms, models, earth_engine, tiles, apache_beam, torch; \
+    && python -c "import pipeline, transforms, models, earth_engine, tiles, apache_beam, torch, triton; \
 assert apache_beam.__version__ == '2.77.0', apache_beam.__version__"
+# triton comes with the CUDA torch wheel: it is the GPU scan (models/scan_triton.py) when mamba_ssm is
+# absent (it needs nvcc to build); Triton compiles its launcher with the gcc installed above.
 
 RUN --mount=type=bind,source=.,target=/tmp/context \
     mkdir -p "$DYNAMICVIS_WEIGHTS_DIR" \

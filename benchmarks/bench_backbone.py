@@ -6,9 +6,16 @@ float32 at batch 1, which is what the official backbone costs (golden README: 3.
 on 2 cores). Each fast path is compared on the same tiles with the float32 baseline's pooled vectors
 (mean of the last stage over its grid, the adapter's formula).
 
-    python -m benchmarks.bench_backbone                  # arch b, 512 px, CPU, 2 threads (< 3 min)
+    python -m benchmarks.bench_backbone                  # arch b, 512 px, CPU, 2 threads (~4 min)
     python -m benchmarks.bench_backbone --arch l
     python -m benchmarks.bench_backbone --device cuda    # + tiles/s at batch 1, 8, 32, 64, bf16 and fp32
+
+Rows: ``default`` is ``DynamicVisBackbone(...)`` built plainly (scan='auto', resolved at its first forward)
+under a plain autocast for bf16; the others force one scan backend. A last line times the plain model
+against the embedder's own path (``set_scan('auto', device)``) with their passes interleaved. bf16
+rows are labelled with the CPU's bf16 support (``models.runtime.cpu_bf16_support``); ``bf16~none``
+simulates a CPU without native bf16 (``DYNAMICVIS_CPU_BF16=none``: the backbone keeps its projections
+float32 there, where emulated bf16 GEMMs are ~20x slower than float32).
 
 Columns: tiles/s (best of the timed repetitions), speed-up over the baseline's tiles/s, max relative
 error of the pooled vectors (max |p - p_ref| / max |p_ref| over tiles), their smallest cosine similarity,
@@ -32,20 +39,24 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from models.backbone import DynamicVisBackbone  # noqa: E402
 from models.recipe import recipe_backbone  # noqa: E402
-from models.runtime import autocast_for, configure_numerics  # noqa: E402
+from models.runtime import CPU_BF16_ENV, autocast_for, configure_numerics, cpu_bf16_support  # noqa: E402
 from models.scan import auto_scan_name, available_scans  # noqa: E402
 
 
 @dataclass
 class FastPath:
-    scan: str
-    precision: str                      # 'fp32' or 'bf16' (autocast)
+    scan: str                           # a backend name, 'default' (plain model) or 'embedder' (auto for device)
+    precision: str                      # 'fp32', 'bf16' (autocast) or 'bf16~none' (no native bf16, simulated)
     batch: int
     compile: bool = False
+    device_type: str = "cpu"
 
     @property
     def label(self) -> str:
-        return f"{self.scan:<9} {self.precision:<4} b={self.batch:<3}{' compiled' if self.compile else ''}"
+        precision = self.precision
+        if precision == "bf16" and self.device_type == "cpu":
+            precision = f"bf16 [{cpu_bf16_support()}]"
+        return f"{self.scan:<9} {precision:<18} b={self.batch:<3}{' compiled' if self.compile else ''}"
 
 
 @dataclass
@@ -129,8 +140,16 @@ def sync(device: torch.device) -> None:
 
 
 def pooled(model: torch.nn.Module, x: torch.Tensor, precision: str, device: torch.device) -> torch.Tensor:
-    with torch.inference_mode(), autocast_for(precision, device):
-        last = model(x)[-1]
+    simulate_no_bf16 = precision == "bf16~none"
+    saved = os.environ.get(CPU_BF16_ENV)
+    if simulate_no_bf16:
+        os.environ[CPU_BF16_ENV] = "none"
+    try:
+        with torch.inference_mode(), autocast_for("bf16" if simulate_no_bf16 else precision, device):
+            last = model(x)[-1]
+    finally:
+        if simulate_no_bf16:
+            os.environ.pop(CPU_BF16_ENV) if saved is None else os.environ.__setitem__(CPU_BF16_ENV, saved)
     return last.float().mean(dim=(2, 3))
 
 
@@ -166,10 +185,12 @@ def default_paths(device: torch.device, args) -> list[FastPath]:
         if args.compile:
             paths += [FastPath(auto_scan_name(device), p, b, compile=True) for p in ("fp32", "bf16") for b in (1, 64)]
         return paths
-    # CPU: the best scan at every batch size, the others at batch 1 only (keeps the run under 3 minutes).
+    # CPU: the plain default model at every batch size; the other scans at batch 1 in fp32.
     best = auto_scan_name(device)
-    paths = [FastPath(s, p, b) for s in scans for p in ("fp32", "bf16")
-             for b in (args.batches if s == best else args.batches[:1])]
+    # (the embedder's own path is timed against the plain model interleaved, at the end of main)
+    paths = [FastPath("default", p, b) for p in ("fp32", "bf16") for b in args.batches]
+    paths += [FastPath("default", "bf16~none", b) for b in args.batches[:1]]
+    paths += [FastPath(s, "fp32", b) for s in scans for b in args.batches[:1] if s != best]
     if args.compile:   # torch.compile around the whole backbone (graph breaks at the ctypes scan call)
         paths += [FastPath(best, p, args.batches[0], compile=True) for p in ("fp32", "bf16")]
     return paths
@@ -177,11 +198,11 @@ def default_paths(device: torch.device, args) -> list[FastPath]:
 
 def print_table(rows: list[Result], baseline_tps: float, header: str) -> None:
     print(f"\n{header}")
-    print(f"{'path':<34} {'tiles/s':>8} {'speed-up':>9} {'max rel err':>12} {'min cos':>10} {'peak MiB':>9}")
+    print(f"{'path':<40} {'tiles/s':>8} {'speed-up':>9} {'max rel err':>12} {'min cos':>10} {'peak MiB':>9}")
     for r in rows:
         rel = f"{r.rel_err:.2e}" if r.rel_err is not None else "-"
         cos = f"{r.min_cos:.6f}" if r.min_cos is not None else "-"
-        print(f"{r.label:<34} {r.tiles_per_s:8.3f} {r.tiles_per_s / baseline_tps:8.1f}x {rel:>12} {cos:>10} "
+        print(f"{r.label:<40} {r.tiles_per_s:8.3f} {r.tiles_per_s / baseline_tps:8.1f}x {rel:>12} {cos:>10} "
               f"{r.peak_mib:9.0f}", flush=True)
 
 
@@ -193,8 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tiles", type=int, default=2, help="tiles compared (baseline runs each at batch 1)")
     parser.add_argument("--baseline-reps", type=int, default=1)
-    parser.add_argument("--reps", type=int, default=5, help="timed passes per fast path (best is reported)")
-    parser.add_argument("--batches", type=lambda s: [int(v) for v in s.split(",")], default=[1, 2],
+    parser.add_argument("--reps", type=int, default=3, help="timed passes per fast path (best is reported)")
+    parser.add_argument("--batches", type=lambda s: [int(v) for v in s.split(",")], default=[1, 4],
                         help="CPU batch sizes for the fast paths")
     parser.add_argument("--scans", default="", help="comma-separated fast scans (default: all available)")
     parser.add_argument("--hot", action="store_true",
@@ -206,8 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     configure_numerics(device)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, arch {args.arch}, "
-          f"img {args.img_size}, load average at start {load:.2f}", flush=True)
+    print(f"torch {torch.__version__}, device {device} ({device_name(device)}), threads {torch.get_num_threads()}, "
+          f"arch {args.arch}, img {args.img_size}, CPU bf16 support: {cpu_bf16_support()}, "
+          f"load average at start {load:.2f}", flush=True)
 
     model = build_model(args.arch, args.img_size, device, hot=args.hot)
     n_tiles = max(args.tiles, max(args.batches) if device.type == "cpu" else 1)
@@ -226,9 +248,15 @@ def main(argv: list[str] | None = None) -> int:
 
     if device.type == "cuda":
         tiles_for = {b: make_tiles(b, args.img_size) for b in (1, 8, 32, 64)}
+    plain = build_model(args.arch, args.img_size, device, hot=args.hot)     # scan left at its default
     for path in default_paths(device, args):
-        model.set_scan(path.scan)
-        module = torch.compile(model) if path.compile else model
+        path.device_type = device.type
+        if path.scan == "default":
+            module = plain
+        else:
+            model.set_scan("auto" if path.scan == "embedder" else path.scan, device)
+            module = model
+        module = torch.compile(module) if path.compile else module
         reset_peak_memory(device)
         if device.type == "cuda" and path.batch > len(tiles):
             bench_tiles = tiles_for[path.batch]
@@ -241,10 +269,37 @@ def main(argv: list[str] | None = None) -> int:
             rel, cos = compare(out, base_pooled)
             rows.append(Result(path.label, tps, rel, cos, peak_memory_mib(device)))
         print_table(rows[-1:], base_tps, "")
-    print_table(rows, base_tps, f"summary (arch {args.arch}, {args.img_size} px, {device}, "
+    print_table(rows, base_tps, f"summary (arch {args.arch}, {args.img_size} px, {device} = {device_name(device)}, "
                                 f"{torch.get_num_threads()} threads, load at start {load:.2f}, "
                                 f"at end {os.getloadavg()[0]:.2f})")
+    if device.type == "cpu":
+        # The load of a shared machine drifts between rows: compare the plain model with the embedder's path
+        # with their timed passes interleaved (A B A B ...), best of each.
+        model.set_scan("auto", device)
+        for batch in args.batches:
+            x = tiles[:batch].to(device)
+            best = {"default": float("inf"), "embedder": float("inf")}
+            pooled(plain, x, "fp32", device), pooled(model, x, "fp32", device)       # warm both
+            pair = [("default", plain), ("embedder", model)]
+            for rep in range(max(args.reps, 4)):
+                for name, module in pair if rep % 2 else pair[::-1]:             # alternate the order
+                    start = time.perf_counter()
+                    pooled(module, x, "fp32", device)
+                    best[name] = min(best[name], time.perf_counter() - start)
+            print(f"plain default model / embedder path, fp32 b={batch}, interleaved: "
+                  f"{best['embedder'] / best['default']:.2f}x the embedder's speed")
     return 0
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    return "cpu"
 
 
 if __name__ == "__main__":

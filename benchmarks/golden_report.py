@@ -8,6 +8,7 @@ the tolerances; this prints the figures. Recipe weights are rebuilt from the gol
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 
 import numpy as np
@@ -76,6 +77,10 @@ def main(argv=None) -> None:
     torch.set_num_threads(2)
     scans = args.scans.split(",")
     rows = report(args.golden, scans, not args.skip_512)
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               "unknown CPU") if os.path.exists("/proc/cpuinfo") else "unknown CPU"
+    print(f"CPU: {cpu} ({torch.backends.cpu.get_cpu_capability()}), torch {torch.__version__}; the tests allow "
+          f"2.5e-5 max-abs (tests/test_model_backbone.py explains why)")
     width = max(len(name) for name, _ in rows)
     print(f"{'golden array':<{width}}  " + "  ".join(f"{s:>10}" for s in scans))
     for name, values in rows:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.runtime import keep_cpu_autocast_off
 from models.scan import ScanFn, auto_scan_name, resolve_scan, selective_scan_reference
 
 
@@ -75,7 +76,13 @@ class PatchEmbed(nn.Module):
         return (size + 2 * p - k) // s + 1
 
     def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
-        x = self.projection(x)
+        if x.device.type == "cpu" and x.shape[0] > 1:
+            # One tile at a time on CPU: oneDNN picks another convolution algorithm for batch 1 than for
+            # larger batches (1-ulp differences that grow to ~1e-5 by stage 3), and a tile's vector must not
+            # depend on the batch it lands in. The convs are ~4% of the FLOPs and efficient at batch 1.
+            x = torch.cat([self.projection(tile) for tile in x.contiguous().split(1)])
+        else:
+            x = self.projection(x)
         hw = (x.shape[2], x.shape[3])
         return self.norm(x.flatten(2).transpose(1, 2)), hw
 
@@ -229,7 +236,7 @@ class DynamicVisBackbone(nn.Module):
                  sampling_scale: float | Mapping | None = 0.1, mamba2: bool = False,
                  out_indices: Sequence[int] = (0, 1, 2, 3), patch_sizes: Sequence[int] = (7, 3, 3, 3),
                  strides: Sequence[int] = (4, 2, 2, 2), spatial_token_keep_ratios: Sequence[int] = (8, 4, 2, 1),
-                 global_token_cfg: Mapping | None = None, in_channels: int = 3, scan: str = "reference"):
+                 global_token_cfg: Mapping | None = None, in_channels: int = 3, scan: str = "auto"):
         super().__init__()
         if mamba2:
             raise NotImplementedError("mamba2=True (Mamba2Mixer variant) is not supported yet; the released "
@@ -282,14 +289,26 @@ class DynamicVisBackbone(nn.Module):
     def set_scan(self, scan: str, device: torch.device | str | None = None) -> None:
         """Switch every Mamba mixer to another scan backend (see ``models.scan.resolve_scan``).
 
-        ``self.scan`` records the backend's name: for ``'auto'`` with a device, the one it picked.
+        ``'auto'`` without a device is resolved at the next forward for the input's device type (and again
+        if the model moves to another device type), so a plainly built model gets the fastest backend,
+        the fused CPU conv included. ``self.scan`` records the backend's name once it is known.
         """
-        name = auto_scan_name(device) if scan == "auto" and device is not None else scan
-        scan_fn = resolve_scan(name, device)
+        deferred = scan == "auto" and device is None
+        name = scan if deferred or scan != "auto" else auto_scan_name(device)
+        scan_fn = resolve_scan(name, device)          # deferred: a per-call dispatcher until the forward
         for module in self.modules():
             if isinstance(module, MambaMixer):
                 module.scan_fn = scan_fn
         self.scan = name
+        # None: resolve at the next forward; a device type: resolved for it; "": a fixed backend
+        self._auto_scan_device_type = None if deferred else torch.device(device).type if scan == "auto" else ""
+
+    def _resolve_auto_scan(self, device: torch.device) -> None:
+        """The deferred ``'auto'``: pick the backend for this device type (once per type)."""
+        pending = self._auto_scan_device_type
+        if pending == "" or pending == device.type:
+            return
+        self.set_scan("auto", device)
 
     def _resize_pos_embed_hook(self, state_dict, prefix, *args, **kwargs) -> None:
         key = prefix + "pos_embed"
@@ -309,7 +328,11 @@ class DynamicVisBackbone(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         self._check_input(x)
-        x = x.to(self.pos_embed.dtype)
+        self._resolve_auto_scan(x.device)
+        with keep_cpu_autocast_off(x.device):
+            return self._forward(x.to(self.pos_embed.dtype))
+
+    def _forward(self, x: Tensor) -> tuple[Tensor, ...]:
         outs = []
         for stage, (patch_embed, blocks, norm) in enumerate(self.layers):
             x, (h, w) = patch_embed(x)
@@ -317,7 +340,9 @@ class DynamicVisBackbone(nn.Module):
                 x = x + self.pos_embed
             for block in blocks:
                 x = block(x)
-            x = norm(x).transpose(1, 2).reshape(x.shape[0], -1, h, w)
+            # contiguous: a strided (channels-last) view here sends the next stage's Conv2d down another
+            # oneDNN path at batch 1 than at batch >= 2, so a tile's vector would depend on its batch.
+            x = norm(x).transpose(1, 2).reshape(x.shape[0], -1, h, w).contiguous()
             if stage in self.out_indices:
                 outs.append(x)
         return tuple(outs)

@@ -15,7 +15,7 @@ UPSTREAM_COMMIT = "0bfe96f471af4ddf1c41ae596c468ce40502b67a"
 ENV_PREFIX = "RS_EMBED_DYNAMICVIS_"
 
 ARCH_CHOICES = ("auto", "b", "base", "l", "large")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")   # auto: bf16 only where it is faster (models.runtime)
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -92,7 +92,7 @@ class ModelConfig:
     sampling_scale: float = 0.1
     mamba2: bool = False
     scan: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"
     device: str = "auto"
     cache_dir: str | None = None
     upstream_repo_path: str | None = None

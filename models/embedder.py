@@ -9,8 +9,10 @@ import torch
 from models.backbone import DynamicVisBackbone
 from models.checkpoint import CheckpointInfo, load_backbone_weights
 from models.config import ModelConfig
-from models.preprocess import check_raw_chw, preprocess_s2_rgb
-from models.runtime import autocast_for, configure_numerics
+from models.preprocess import (check_raw_chw, normalize_rgb_uint8_torch, preprocess_s2_rgb, raw_to_rgb_uint8,
+                               raw_to_rgb_uint8_torch, resize_rgb_uint8)
+from models.runtime import (CudaGraphForward, autocast_for, configure_numerics, device_batch_size,
+                            resolve_precision)
 
 POOLINGS = {"mean": "featmap_mean", "max": "featmap_max"}
 FEATURE_KIND = "featmap"             # what the backbone returns: a feature map, pooled spatially (not tokens)
@@ -45,6 +47,33 @@ def load_backbone(config: ModelConfig) -> tuple[torch.nn.Module, CheckpointInfo]
     return model.to(device=device).eval(), info
 
 
+def _pinned_copy(array: np.ndarray, device: torch.device, buffers: dict) -> torch.Tensor:
+    """Host array -> device through a reused page-locked buffer (an asynchronous DMA copy)."""
+    key = (array.shape, array.dtype.str)
+    buffer = buffers.get(key)
+    if buffer is None:
+        buffer = buffers[key] = torch.empty(array.shape, dtype=torch.from_numpy(array[:0]).dtype,
+                                            pin_memory=device.type == "cuda")
+    buffer.copy_(torch.from_numpy(array))
+    return buffer.to(device, non_blocking=True)
+
+
+def raw_to_device(raw_chw_batch: np.ndarray, img_size: int, device: torch.device, buffers: dict) -> torch.Tensor:
+    """Raw tiles (B, 3, H, W) -> normalised model input on ``device``, bit-identical to ``preprocess_s2_rgb``.
+
+    Tiles already at img_size travel as raw uint16 (as int16 bits) through pinned memory and are scaled on
+    the device; others are resized on the CPU (Pillow bicubic is part of the numerics) and travel as uint8.
+    """
+    batch = check_raw_chw(raw_chw_batch, batched=True)
+    if batch.shape[-2:] == (img_size, img_size):
+        host = batch.view(np.int16) if batch.dtype == np.uint16 else batch.astype(np.float32, copy=False)
+        rgb = raw_to_rgb_uint8_torch(_pinned_copy(np.ascontiguousarray(host), device, buffers))
+    else:
+        host = np.stack([resize_rgb_uint8(raw_to_rgb_uint8(chw), img_size).transpose(2, 0, 1) for chw in batch])
+        rgb = _pinned_copy(np.ascontiguousarray(host), device, buffers)
+    return normalize_rgb_uint8_torch(rgb)
+
+
 class DynamicVisEmbedder:
     """Holds one backbone; embeds batches of raw S2 RGB tiles into pooled vectors and last-stage grids."""
 
@@ -53,6 +82,12 @@ class DynamicVisEmbedder:
         self.model, self.checkpoint = load_backbone(self.config)
         self.device = next(self.model.parameters()).device
         self.dtype = next(self.model.parameters()).dtype
+        self.precision = resolve_precision(self.config.precision, self.device)   # 'auto' -> what runs here
+        # CUDA: forward batches that fit the device, each replayed from a captured graph (not launch-bound).
+        self.max_forward_batch = device_batch_size(self.device, self.config.img_size, self.checkpoint.arch)
+        self._graphs = (CudaGraphForward(self.model, lambda: autocast_for(self.precision, self.device, False))
+                        if self.device.type == "cuda" and not self.config.use_upstream_code else None)
+        self._pinned: dict = {}
 
     @classmethod
     def from_config(cls, config: ModelConfig | None = None, **overrides) -> "DynamicVisEmbedder":
@@ -68,7 +103,7 @@ class DynamicVisEmbedder:
             "sampling_scale": config.sampling_scale, "mamba2": config.mamba2, "image_size": config.img_size,
             "hf_repo": info.repo, "ckpt_file": info.file, "ckpt_sha256": info.sha256, "checkpoint": info.source,
             "feature_kind": FEATURE_KIND, "grid_kind": GRID_KIND, "pool_source": GRID_KIND,
-            "scan": getattr(self.model, "scan", config.scan), "precision": config.precision,
+            "scan": getattr(self.model, "scan", config.scan), "precision": self.precision,
             "device": str(self.device), "implementation": "upstream" if config.use_upstream_code else "native",
         }
 
@@ -89,7 +124,12 @@ class DynamicVisEmbedder:
         """Raw S2 RGB tiles (B, 3, H, W) -> dict(pooled=(B, D) float32, grid=(B, D, h, w) float32 or None,
         pooling='featmap_mean' | 'featmap_max', grid_shape=(D, h, w))."""
         self.pooling_name(pooling)
+        if self.device.type == "cuda":
+            return self._embed_on_device(self._raw_to_device(raw_chw_batch), pooling, grid)
         return self.embed_preprocessed(self.preprocess(raw_chw_batch), pooling=pooling, grid=grid)
+
+    def _raw_to_device(self, raw_chw_batch: np.ndarray) -> torch.Tensor:
+        return raw_to_device(raw_chw_batch, self.config.img_size, self.device, self._pinned)
 
     @torch.inference_mode()
     def embed_preprocessed(self, x: np.ndarray | torch.Tensor, pooling: str = "mean", grid: bool = False) -> dict:
@@ -99,9 +139,20 @@ class DynamicVisEmbedder:
         if tensor.ndim != 4:
             raise ValueError(f"expected a batch (B, 3, {self.config.img_size}, {self.config.img_size}), "
                              f"got shape {tuple(tensor.shape)}")
-        with autocast_for(self.config.precision, self.device):
-            featmap = self.model(tensor.to(device=self.device, dtype=self.dtype))[-1].float()
+        return self._embed_on_device(tensor.to(device=self.device, dtype=self.dtype), pooling, grid)
+
+    @torch.inference_mode()
+    def _embed_on_device(self, x: torch.Tensor, pooling: str, grid: bool) -> dict:
+        step = self.max_forward_batch or len(x)
+        featmap = torch.cat([self._forward(x[i:i + step]) for i in range(0, len(x), step)])
         pooled = featmap.mean(dim=(2, 3)) if pooling == "mean" else featmap.amax(dim=(2, 3))
         return {"pooling": POOLINGS[pooling], "grid_shape": tuple(int(n) for n in featmap.shape[1:]),
                 "pooled": pooled.cpu().numpy().astype(np.float32),
                 "grid": featmap.cpu().numpy().astype(np.float32) if grid else None}
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Last-stage feature map (float32) of one forward batch."""
+        if self._graphs is not None:
+            return self._graphs(x.contiguous())[-1].float()
+        with autocast_for(self.precision, self.device):
+            return self.model(x)[-1].float()

@@ -6,7 +6,6 @@ resize -> /255, ImageNet mean/std -> float32 (3, img, img). NaN becomes 0 (numpy
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -40,6 +39,8 @@ def resize_rgb_uint8(rgb: np.ndarray, img_size: int) -> np.ndarray:
     """Pillow bicubic resize (torch's bicubic differs by up to 31 grey levels); no-op at the target size."""
     if rgb.shape[:2] == (img_size, img_size):
         return rgb
+    from PIL import Image   # here, so the package imports with torch and numpy alone (benchmarks/gpu_check.sh)
+
     resized = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).resize((img_size, img_size),
                                                                              resample=Image.BICUBIC)
     return np.asarray(resized)
@@ -57,3 +58,25 @@ def preprocess_s2_rgb(raw_chw: np.ndarray, img_size: int = 512) -> np.ndarray:
         raise ValueError(f"img_size must be positive, got {img_size}")
     raw = check_raw_chw(raw_chw)
     return normalize_rgb_uint8(resize_rgb_uint8(raw_to_rgb_uint8(raw), int(img_size)))
+
+
+# ---- the same steps as torch ops, for the GPU (IEEE float32 division/subtraction and truncating casts:
+# bit-identical to the numpy functions above; tests/test_model_embedder.py checks it on CPU tensors) ----
+
+def raw_to_rgb_uint8_torch(raw: "torch.Tensor") -> "torch.Tensor":
+    """(B, 3, H, W) raw SR (int16 bit pattern of uint16, or float) -> (B, 3, H, W) uint8, as raw_to_rgb_uint8."""
+    import torch
+
+    if raw.dtype == torch.int16:                         # uint16 shipped as its bit pattern
+        raw = raw.to(torch.int32) & 0xFFFF
+    scaled = torch.clamp(raw.to(torch.float32) / float(S2_SR_SCALE), 0.0, 1.0)
+    return torch.nan_to_num(scaled, nan=0.0).mul_(255.0).to(torch.uint8)
+
+
+def normalize_rgb_uint8_torch(rgb: "torch.Tensor") -> "torch.Tensor":
+    """(B, 3, H, W) uint8 -> ImageNet-normalised float32 (B, 3, H, W), as normalize_rgb_uint8."""
+    import torch
+
+    mean = torch.as_tensor(IMAGENET_MEAN, device=rgb.device)[None, :, None, None]
+    std = torch.as_tensor(IMAGENET_STD, device=rgb.device)[None, :, None, None]
+    return (rgb.to(torch.float32) / 255.0 - mean) / std

@@ -22,9 +22,12 @@ Backends (chosen by name through :func:`resolve_scan`):
   the system C compiler and called through ctypes; see ``models/scan_cpu.py``. Unavailable without a
   compiler, in which case ``auto`` uses ``chunked``. Also provides a fused causal conv + SiLU that the
   backbone's mixer uses when this backend is selected.
-- ``cuda``: ``mamba_ssm``'s ``selective_scan_fn`` when that package is importable (untested here: no
-  GPU in this task). Without it ``auto`` uses ``chunked`` on CUDA (~11*T + 4*log2(L/T) launches per
-  call, T <= 64; not tuned on a GPU).
+- ``cuda``: ``mamba_ssm``'s ``selective_scan_fn`` when that package is importable (it is source-only on
+  PyPI and needs nvcc, so the CUDA runtime worker image usually lacks it).
+- ``triton``: our own Triton kernel (``models/scan_triton.py``): one launch per call, D skip and SiLU
+  gate fused; ``auto``'s choice on CUDA without ``mamba_ssm``. Needs the ``triton`` package (imported only
+  when used); runs on CPU tensors under ``TRITON_INTERPRET=1`` (how CI tests it). Without triton, ``auto``
+  falls back to ``chunked`` on CUDA (~11*T + 4*log2(L/T) launches per call, T <= 64).
 
 Every backend computes in float32, with autocast disabled, whatever the input dtype.
 """
@@ -162,6 +165,14 @@ def _cuda_scan() -> ScanFn | None:
     return selective_scan_cuda
 
 
+def _triton_scan() -> ScanFn | None:
+    try:
+        from models.scan_triton import selective_scan_triton
+    except Exception:  # ImportError (no triton), or a triton that does not match this torch
+        return None
+    return _float32_no_autocast(selective_scan_triton)
+
+
 def _cpu_fused_scan() -> ScanFn | None:
     try:
         from models.scan_cpu import load_cpu_fused_scan
@@ -172,7 +183,10 @@ def _cpu_fused_scan() -> ScanFn | None:
 
 
 SCANS: dict[str, ScanFn] = {"reference": selective_scan_reference, "chunked": selective_scan_chunked}
-_OPTIONAL_SCANS: dict[str, Callable[[], ScanFn | None]] = {"cuda": _cuda_scan, "cpu_fused": _cpu_fused_scan}
+_OPTIONAL_SCANS: dict[str, Callable[[], ScanFn | None]] = {"cuda": _cuda_scan, "triton": _triton_scan,
+                                                          "cpu_fused": _cpu_fused_scan}
+# auto's preference per device type (the first available wins)
+_AUTO_ORDER = {"cuda": ("cuda", "triton", "chunked"), "cpu": ("cpu_fused", "chunked")}
 
 
 @functools.lru_cache(maxsize=None)
@@ -184,17 +198,19 @@ def available_scans(device: torch.device | str | None = None) -> list[str]:
     """Backend names usable on ``device`` (optional ones only when they load)."""
     dev = torch.device(device) if device is not None else torch.device("cpu")
     names = ["reference", "chunked"]
-    if dev.type == "cuda" and _optional_scan("cuda") is not None:
-        names.append("cuda")
+    if dev.type == "cuda":
+        names += [name for name in ("cuda", "triton") if _optional_scan(name) is not None]
     if dev.type == "cpu" and _optional_scan("cpu_fused") is not None:
         names.append("cpu_fused")
     return names
 
 
 def auto_scan_name(device: torch.device | str | None = None) -> str:
-    """The fastest correct backend for a device: cuda kernel, else fused C on CPU, else chunked."""
-    available = available_scans(device)
-    for name in ("cuda", "cpu_fused", "chunked"):
+    """The fastest correct backend for a device: on CUDA mamba_ssm's kernel, else our Triton kernel, else
+    chunked; on CPU the fused C kernel, else chunked."""
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    available = available_scans(dev)
+    for name in _AUTO_ORDER.get(dev.type, ("chunked",)):
         if name in available:
             return name
     return "reference"
@@ -213,8 +229,9 @@ def selective_scan_auto(u, delta, A, Bm, C, D, z):
 def resolve_scan(name: str = "reference", device: torch.device | str | None = None) -> ScanFn:
     """Return the scan function for a backend name.
 
-    ``'auto'`` picks the fastest correct one for ``device`` (cuda kernel, else the fused C kernel on CPU,
-    else ``chunked``); without a device it returns a dispatcher that decides per call from the tensors.
+    ``'auto'`` picks the fastest correct one for ``device`` (see ``auto_scan_name``); without a device it
+    returns a dispatcher that decides per call from the tensors (``DynamicVisBackbone`` instead resolves
+    ``'auto'`` at its first forward, which also gets it the fused CPU conv).
     """
     if name == "auto":
         if device is None:
@@ -225,8 +242,9 @@ def resolve_scan(name: str = "reference", device: torch.device | str | None = No
     if name in _OPTIONAL_SCANS:
         fn = _optional_scan(name)
         if fn is None:
-            raise RuntimeError(f"scan backend {name!r} is not available here "
-                               f"({'mamba_ssm not importable' if name == 'cuda' else 'no C compiler/OpenMP'})")
+            why = {"cuda": "mamba_ssm not importable", "triton": "triton not importable (pip install triton)",
+                   "cpu_fused": "no C compiler/OpenMP"}[name]
+            raise RuntimeError(f"scan backend {name!r} is not available here ({why})")
         return fn
     raise ValueError(f"unknown scan backend {name!r}; "
                      f"choose one of {sorted(SCANS) + sorted(_OPTIONAL_SCANS) + ['auto']}")

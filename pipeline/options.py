@@ -97,14 +97,17 @@ class EmbeddingOptions(PipelineOptions):
         _flag(g, "sampling-scale", type=float, default=None, help="env RS_EMBED_DYNAMICVIS_SAMPLING_SCALE")
         _flag(g, "mamba2", type=_bool, default=None, help="env RS_EMBED_DYNAMICVIS_MAMBA2")
         _flag(g, "scan", default=None, help="selective-scan backend: auto | reference | chunked | cpu_fused | cuda "
-                                                "(auto: the fastest that works on the device)")
-        _flag(g, "precision", default=None, help="fp32 | bf16 (default fp32)")
+                                                "| triton (auto: the fastest that works on the device)")
+        _flag(g, "precision", default=None,
+              help="auto (default: bf16 where it is faster -- CUDA, CPUs with AVX512-BF16/AMX -- else fp32) "
+                   "| fp32 | bf16")
         _flag(g, "device", default=None, help="auto | cpu | cuda[:N]")
         _flag(g, "pooling", default="mean", choices=["mean", "max"], help="feature-map pooling (default mean)")
         _flag(g, "grid", action="store_true", default=False,
               help="also write the last-stage feature map (D,H,W) (Parquet only)")
         _flag(g, "min-batch-size", type=int, default=1, help="RunInference min batch size")
-        _flag(g, "max-batch-size", type=int, default=16, help="RunInference max batch size")
+        _flag(g, "max-batch-size", type=int, default=None,
+              help="RunInference max batch size (default: 16 on CPU; with --gpu, sized from its memory)")
         _flag(g, "gpu", default=None, metavar="ACCELERATOR",
               help="GPU resource hint for the inference step, e.g. nvidia-l4 or "
                    "'type:nvidia-l4;count:1;install-nvidia-driver'")

@@ -98,6 +98,10 @@ def resolve(options: PipelineOptions, now: Optional[dt.datetime] = None) -> RunS
     if not ours["scale_m"] or ours["scale_m"] <= 0:
         raise InputError(f"--scale-m must be > 0, got {ours['scale_m']}")
     _positive("min_batch_size", ours["min_batch_size"])
+    if ours["max_batch_size"] is None:
+        from transforms.inference import default_max_batch_size
+
+        ours["max_batch_size"] = default_max_batch_size(ours["gpu"], ours["img_size"], ours["arch"])
     _positive("max_batch_size", ours["max_batch_size"], ours["min_batch_size"])
     if ours["img_size"] is not None:
         _positive("img_size", ours["img_size"], 32)

@@ -3,6 +3,11 @@ import os
 
 import torch
 
+# Without a GPU the `triton` scan backend is tested through Triton's interpreter on CPU tensors; Triton
+# reads TRITON_INTERPRET when it is imported, so it is set before any test can import it.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 pytest_plugins = [
     "tests.fixtures.recipe",    # recipe-weight checkpoints in the official format
     "tests.fixtures.fake_ee",   # fake Earth Engine REST server + initialised real `ee` client

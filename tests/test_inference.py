@@ -103,3 +103,36 @@ def test_real_model_through_the_handler_matches_the_embedder(recipe_checkpoint_b
     np.testing.assert_allclose(np.stack([r.embedding for r in results]), direct["pooled"], rtol=1e-5, atol=1e-6)
     assert results[0].grid.shape == direct["grid"].shape[1:]
     assert results[0].metadata["arch"] == "b" and results[0].metadata["image_size"] == 64
+    # the precision that really ran ('auto' resolved for this CPU) reaches the output rows
+    run = schema.RunInfo("test", "median", 30.0, "max", dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc))
+    row = schema.encode_row(_meta(0), results[0].embedding, results[0].metadata, run)
+    assert row["precision"] == results[0].metadata["precision"] == direct_precision(config)
+
+
+def direct_precision(config) -> str:
+    import torch
+
+    from models.runtime import resolve_precision
+
+    return resolve_precision(config.precision, torch.device("cpu"))
+
+
+def test_default_batch_size_comes_from_the_accelerator_memory():
+    from models.runtime import accelerator_memory_bytes, batch_size_for_memory
+    from transforms.inference import CPU_MAX_BATCH_SIZE, default_max_batch_size
+
+    assert DynamicVisModelHandler(config=None).batch_elements_kwargs()["max_batch_size"] == CPU_MAX_BATCH_SIZE
+    l4, h200 = default_max_batch_size("nvidia-l4"), default_max_batch_size("type:nvidia-h200-141gb;count:1")
+    assert DynamicVisModelHandler(config=None, gpu="nvidia-l4").batch_elements_kwargs()["max_batch_size"] == l4
+    assert accelerator_memory_bytes("type:nvidia-l4;count:1;install-nvidia-driver") == 24 * 2**30
+    assert 16 < l4 < h200 <= 256 and default_max_batch_size("nvidia-tesla-t4") < l4
+    assert default_max_batch_size("nvidia-l4", img_size=256) == 4 * l4 or default_max_batch_size(
+        "nvidia-l4", img_size=256) == 256
+    assert default_max_batch_size("nvidia-l4", arch="large") <= l4
+    assert default_max_batch_size("some-new-gpu") == l4              # unknown type: an L4's memory
+    # powers of two that fit ~70% of what is left after the reserve; never below 1
+    for gib in (1, 3, 8, 24, 80, 141):
+        batch = batch_size_for_memory(gib * 2**30)
+        assert batch & (batch - 1) == 0 and batch >= 1
+        if batch > 1:
+            assert batch * 160 * 2**20 <= 0.7 * (gib - 2) * 2**30

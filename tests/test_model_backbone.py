@@ -1,10 +1,13 @@
 """DynamicVisBackbone against the golden outputs of the official backbone (recipe weights).
 
-Tolerance: 1e-5 max-abs (golden README). Routing (softmax + torch.topk) selects exactly the tokens, in
-exactly the order, of the official run (checked against the trace). The remaining float32 differences
-are 1-ulp BLAS rounding differences per block, amplified where the geometric token growth of the
-tied stage-2/3 blocks of the base goldens is largest; the goldens were made on an Intel Xeon, and on
-other CPUs (MKL's non-Intel code path) b/img64 stage 3 measured 1.17e-5. Those two arrays get 2.5e-5.
+Tolerance: 2.5e-5 max-abs for every float32 stage output. Routing (softmax + torch.topk) selects exactly the
+tokens, in exactly the order, of the official run (checked against the trace), so what remains is float32
+GEMM rounding, and that depends on the CPU: MKL/oneDNN use other kernels (blockings, FMA orders) on AVX2
+than on AVX-512 machines, each 1-ulp difference per block is amplified by the geometric token growth of
+the deep blocks, and the official operations themselves, recreated with the same aten ops, land 1.03e-5
+from the goldens (made on an Intel Xeon) on a 2-core AVX2 AMD EPYC -- our b hot stage 3 measured 1.05e-5
+there and 1.17e-5 (b/img64 stage 3) on an AVX-512 EPYC. 2.5e-5 is the largest of those deviations with a
+2x margin: wide enough for any x86 CPU, far below a routing change (~1e-3 and more).
 """
 from __future__ import annotations
 
@@ -18,12 +21,11 @@ from models.backbone import DynamicVisBackbone
 from models.recipe import recipe_backbone, recipe_state_dict
 from tests.fixtures.recipe import load_golden
 
-TOL = 1e-5
-TOL_TIED_DEEP = 2.5e-5  # stage 2/3 of the base (tied-weight) goldens, see module docstring
+TOL = 2.5e-5  # every float32 stage output with identical routing, on any x86 CPU (module docstring)
 
 
 def _tolerance(hot: bool, stage: int) -> float:
-    return TOL if hot or stage < 2 else TOL_TIED_DEEP
+    return TOL
 
 
 @pytest.mark.parametrize("arch", ["b", "l"])
@@ -101,7 +103,7 @@ def test_img512_stage3_and_pooled_match_golden(backbone_b512):
         "preprocess adapter_pooled_max": np.abs(stage3[1].max(axis=(1, 2)) - pre["adapter_pooled_max"]).max(),
     }
     print({k: f"{v:.2e}" for k, v in errors.items()})
-    assert max(errors.values()) <= TOL_TIED_DEEP, errors
+    assert max(errors.values()) <= TOL, errors
 
 
 def test_pos_embed_is_resized_bicubically_when_loading_other_img_size():
@@ -156,3 +158,36 @@ def test_unsupported_configurations_are_refused_clearly(kwargs, match):
 def test_bad_inputs_get_clear_errors(x, error, match):
     with pytest.raises(error, match=match):
         DynamicVisBackbone(img_size=64)(x)
+
+
+def test_plain_model_resolves_auto_scan_at_first_forward_with_fused_conv():
+    """Built plainly, the backbone gets the fastest backend for the input's device, the fused CPU conv too."""
+    from models.scan import auto_scan_name, resolve_scan
+
+    model = recipe_backbone("b", 64, hot=True)
+    assert model.scan == "auto"
+    x = torch.from_numpy(load_golden("dynamicvis_b_img64_hot.npz")["input"])
+    with torch.inference_mode():
+        model(x)
+    assert model.scan == auto_scan_name("cpu")
+    mixer = model.layers[0][1][0].spatial_mamba_mixer.mamba_layer
+    assert mixer.scan_fn is resolve_scan(auto_scan_name("cpu"), "cpu")
+    if model.scan == "cpu_fused":
+        assert mixer.scan_fn.causal_conv_silu is not None
+    model.set_scan("reference")
+    assert model.scan == "reference" and mixer.scan_fn is resolve_scan("reference")
+
+
+def test_a_tile_gives_the_same_vector_in_any_batch():
+    """Bit for bit: alone or at any position of a batch (CPU, one thread count). 128 px grids are the
+    smallest that hold for the linears too: at 64 px stage 3 has 6 tokens per tile and MKL's small-M GEMM
+    path then rounds differently by batch (1e-6); the production 512 px grid is larger still."""
+    model = recipe_backbone("b", 128, hot=True, out_indices=(1, 3))
+    tiles = torch.randn(6, 3, 128, 128, generator=torch.Generator().manual_seed(11))
+    with torch.inference_mode():
+        alone = [model(tiles[i:i + 1]) for i in range(len(tiles))]
+        for start, size in ((0, 6), (1, 2), (2, 3)):
+            batch = model(tiles[start:start + size])
+            for stage, output in enumerate(batch):
+                expected = torch.cat([alone[i][stage] for i in range(start, start + size)])
+                assert torch.equal(output, expected), f"batch {size} from tile {start}, output {stage}"

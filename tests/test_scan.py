@@ -1,6 +1,8 @@
 """Fast selective-scan backends against the sequential reference (no timing assertions)."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -131,7 +133,7 @@ def test_non_contiguous_inputs():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU here")
-@pytest.mark.parametrize("name", ["chunked", "cuda"])
+@pytest.mark.parametrize("name", ["chunked", "cuda", "triton"])
 def test_cuda_backends(name):
     if name not in available_scans("cuda"):
         pytest.skip(f"{name} not available")
@@ -139,6 +141,56 @@ def test_cuda_backends(name):
     expected = selective_scan_reference(*x)
     got = resolve_scan(name, "cuda")(*(t.cuda() for t in x)).cpu()
     assert rel_err(got, expected) <= 1e-5
+
+
+@pytest.fixture
+def triton_interpreted():
+    """The ``triton`` backend on CPU tensors through Triton's interpreter (CI has no GPU)."""
+    pytest.importorskip("triton")
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs TRITON_INTERPRET=1 before triton is imported (tests/conftest.py sets it without CUDA)")
+    return resolve_scan("triton")
+
+
+# Small on purpose: the interpreter runs the kernel in Python (about a second per case).
+@pytest.mark.parametrize("batch,channels,length,n_state", [
+    (1, 8, 1, 16),      # length 1
+    (2, 40, 37, 16),    # batch > 1; channels and length not multiples of the 32-channel block
+    (3, 5, 20, 5),      # state size that is not a power of two
+])
+def test_triton_interpreted_matches_reference(triton_interpreted, batch, channels, length, n_state):
+    x = scan_inputs(batch, channels, length, n_state=n_state, seed=length, learned_a=True)
+    got = triton_interpreted(*x)
+    assert got.shape == (batch, channels, length) and got.dtype == torch.float32
+    assert rel_err(got, selective_scan_reference(*x)) <= 1e-5
+
+
+def test_triton_interpreted_both_directions_channels_last(triton_interpreted):
+    """The mixer's call: forward and reversed sequence as one 2B batch, (B, E, L) views of (B, L, E)."""
+    u, delta, A, Bm, C, D, z = scan_inputs(1, 36, 29, seed=8)
+    both = [torch.cat([u, u.flip(-1)]), torch.cat([delta, delta.flip(-1)]), A, torch.cat([Bm, Bm.flip(1)]),
+            torch.cat([C, C.flip(1)]), D, torch.cat([z, z.flip(-1)])]
+    expected = selective_scan_reference(*both)
+    views = [t.transpose(1, 2).contiguous().transpose(1, 2) if i in (0, 1, 6) else t for i, t in enumerate(both)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = triton_interpreted(*views)
+    assert got.dtype == torch.float32
+    assert rel_err(got, expected) <= 1e-5
+
+
+def test_triton_is_auto_on_cuda_without_mamba_ssm():
+    pytest.importorskip("triton")
+    if "cuda" in available_scans("cuda"):
+        pytest.skip("mamba_ssm is installed: auto prefers it")
+    assert auto_scan_name("cuda") == "triton"
+    assert auto_scan_name("cpu") != "triton"
+
+
+def test_triton_refuses_cpu_tensors_without_interpreter(monkeypatch):
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="CUDA tensors"):
+        resolve_scan("triton")(*scan_inputs(1, 4, 3))
 
 
 def test_loading_backends_keeps_denormals():

@@ -7,6 +7,9 @@ Design notes:
 - One model per worker, shared across SDK processes (`share_model_across_processes`): the model lives in
   one process and the others call it through a proxy, so what crosses the proxy is numpy/plain data only
   (`EmbedderService`).
+- Batch size: on GPU the default max batch is sized from the accelerator's memory (the embedder further
+  splits a batch into forward passes that fit the device's free memory, each replayed from a CUDA graph);
+  on CPU 16.
 - A failing batch never fails the bundle: the batch is retried tile by tile and each tile that still fails
   comes back as a `TileEmbedding` with `error` set, so outputs stay 1:1 with inputs (which the keyed handler
   needs) and the caller turns errors into dead letters (stage 'inference').
@@ -25,6 +28,22 @@ LOGGER = logging.getLogger(__name__)
 METRICS_NAMESPACE = "dynamicvis"
 _GPU_HINT = "type:{};count:1;install-nvidia-driver"
 DEFAULT_GPU_HINT = _GPU_HINT.format("nvidia-l4")
+
+
+CPU_MAX_BATCH_SIZE = 16
+
+
+def default_max_batch_size(gpu: Optional[str], img_size: Optional[int] = None, arch: Optional[str] = None) -> int:
+    """RunInference's max batch size when none is given: on a GPU worker the largest power of two whose
+    activations fit the accelerator's memory (``models.runtime.batch_size_for_memory``), on CPU 16
+    (throughput is flat beyond a few tiles there). Unknown accelerator types get an L4's 24 GiB."""
+    if not gpu:
+        return CPU_MAX_BATCH_SIZE
+    from models.runtime import accelerator_memory_bytes, batch_size_for_memory
+
+    memory = accelerator_memory_bytes(gpu) or accelerator_memory_bytes("nvidia-l4")
+    arch = "l" if str(arch or "").lower() in ("l", "large") else "b"
+    return batch_size_for_memory(memory, img_size or 512, arch)
 
 
 def accelerator_hint(gpu: Optional[str]) -> Optional[str]:
@@ -79,8 +98,11 @@ class DynamicVisModelHandler(ModelHandler[np.ndarray, TileEmbedding, EmbedderSer
     """Unkeyed handler of raw Sentinel-2 CHW arrays (B4,B3,B2 surface reflectance); `.keyed()` for pairs."""
 
     def __init__(self, config, pooling: str = "mean", grid: bool = False, *, min_batch_size: int = 1,
-                 max_batch_size: int = 16, share_across_processes: bool = True, gpu: Optional[str] = None,
-                 max_batch_duration_secs: Optional[int] = None) -> None:
+                 max_batch_size: Optional[int] = None, share_across_processes: bool = True,
+                 gpu: Optional[str] = None, max_batch_duration_secs: Optional[int] = None) -> None:
+        if max_batch_size is None:
+            max_batch_size = default_max_batch_size(gpu, getattr(config, "img_size", None),
+                                                    getattr(config, "arch", None))
         if pooling not in ("mean", "max"):
             raise ValueError(f"pooling must be 'mean' or 'max', got {pooling!r}")
         if not 1 <= min_batch_size <= max_batch_size:

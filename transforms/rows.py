@@ -56,7 +56,7 @@ def key_of_row(row: Mapping[str, Any]) -> str:
 def row_model_metadata(row: Mapping[str, Any]) -> Dict[str, Any]:
     """The model columns of a row, for the manifest."""
     fields = ("model", "arch", "checkpoint_repo", "checkpoint_file", "checkpoint_sha256", "img_size",
-              "path_type", "sampling_scale", "mamba2", "pooling", "dim")
+              "path_type", "sampling_scale", "mamba2", "pooling", "precision", "dim")
     return {name: row.get(name) for name in fields}
 
 

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import pipeline
+from models.runtime import resolve_precision
 from pipeline import BBox, OutputSpec, PointBuffer, SensorSpec, TemporalSpec
 from pipeline.errors import ModelError, ProviderError, SpecError
 
@@ -61,7 +63,8 @@ def test_metadata_has_the_cards_keys_and_values(fake_ee, config, recipe_checkpoi
     assert meta["temporal"] == {"mode": "range", "start": "2022-06-01", "end": "2022-09-01"}
     assert meta["sensor"] == {"collection": "COPERNICUS/S2_SR_HARMONIZED", "bands": ["B4", "B3", "B2"],
                               "scale_m": 10.0, "cloudy_pct": 30.0, "composite": "median"}
-    assert meta["backend"] == "gee" and meta["precision"] == "fp32" and meta["scan"] in ("cpu_fused", "chunked")
+    assert meta["backend"] == "gee" and meta["scan"] in ("cpu_fused", "chunked")
+    assert meta["precision"] == resolve_precision(config.precision, torch.device("cpu"))  # what really ran
     assert meta["crs"].startswith("EPSG:326") and len(meta["transform"]) == 6
     assert meta["n_scenes"] == fake_ee.server.n_scenes and 0 < meta["valid_fraction"] <= 1
 

@@ -203,11 +203,10 @@ def calibrate(spec: RunSpec, n: int) -> Calibration:
         started = time.monotonic()
         for start in range(0, len(pixels), spec.max_batch_size):
             batch = pixels[start:start + spec.max_batch_size]
-            by_shape: Dict[tuple, list] = {}
-            for chw in batch:
-                by_shape.setdefault(chw.shape, []).append(chw)
-            for same in by_shape.values():
-                embedder.embed(np.stack(same), pooling=spec.pooling, grid=False)
+            from models.batching import indices_by_shape
+
+            for indices in indices_by_shape(batch):
+                embedder.embed(np.stack([batch[i] for i in indices]), pooling=spec.pooling, grid=False)
         embed_s, embedded = time.monotonic() - started, len(pixels)
     return Calibration(blocks=len(blocks), requests=int(counts.get("requests", 0)), tiles=len(requests),
                        bytes=int(counts.get("bytes", 0)), fetch_s=fetch_s,

@@ -22,12 +22,12 @@ def _flag(parser, name: str, underscore_alias: bool = True, **kwargs) -> None:
 
 
 def _bool(value: str) -> bool:
-    lowered = str(value).strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {value!r}")
+    from models.booleans import parse_bool  # here: importing models loads torch
+
+    try:
+        return parse_bool(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected true/false, got {value!r}") from None
 
 
 class EmbeddingOptions(PipelineOptions):

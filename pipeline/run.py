@@ -126,10 +126,13 @@ def check_credentials(spec: RunSpec) -> None:
     """Earth Engine credentials that cannot work fail here, not in every worker's setup."""
     import os
 
+    from earth_engine.settings import ADC, ANONYMOUS, credential_source
+
     kind = spec.ee.credentials
-    if kind == "anonymous":
+    source = credential_source(kind)
+    if source == ANONYMOUS:
         return
-    if kind == "adc":
+    if source == ADC:
         import google.auth
         import google.auth.exceptions
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections import defaultdict
 from typing import Any, Dict, Iterable, Optional, Sequence
 
 import numpy as np
@@ -125,10 +124,9 @@ class DynamicVisModelHandler(ModelHandler[np.ndarray, TileEmbedding, EmbedderSer
         if self._model_metadata is None:
             self._model_metadata = model.metadata()
         results: list = [None] * len(batch)
-        by_shape = defaultdict(list)  # the model needs one (H, W) per forward pass
-        for index, example in enumerate(batch):
-            by_shape[np.shape(example)].append(index)
-        for indices in by_shape.values():
+        from models.batching import indices_by_shape  # here: importing models loads torch
+
+        for indices in indices_by_shape(batch):  # the model needs one (H, W) per forward pass
             for index, result in zip(indices, self._embed_group([batch[i] for i in indices], model)):
                 results[index] = PredictionResult(batch[index], result)
         return results

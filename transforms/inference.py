@@ -54,6 +54,18 @@ def accelerator_hint(gpu: Optional[str]) -> Optional[str]:
     return _GPU_HINT.format(gpu)
 
 
+@dataclasses.dataclass(frozen=True)
+class InferenceSettings:
+    """The model and how RunInference batches it: what `pipeline.options.ModelOptions` resolves to."""
+
+    model: Any  # models.ModelConfig
+    pooling: str = "mean"
+    grid: bool = False
+    min_batch_size: int = 1
+    max_batch_size: int = CPU_MAX_BATCH_SIZE
+    gpu: Optional[str] = None
+
+
 @dataclasses.dataclass
 class TileEmbedding:
     """Inference result of one tile: the pooled vector (and grid), or the error that stopped it."""
@@ -114,6 +126,12 @@ class DynamicVisModelHandler(ModelHandler[np.ndarray, TileEmbedding, EmbedderSer
         self._share = share_across_processes
         self._accelerator = accelerator_hint(gpu)
         self._model_metadata: Optional[Dict[str, Any]] = None
+
+    @classmethod
+    def from_settings(cls, settings: InferenceSettings) -> "DynamicVisModelHandler":
+        """The handler of a run's inference settings."""
+        return cls(settings.model, pooling=settings.pooling, grid=settings.grid,
+                   min_batch_size=settings.min_batch_size, max_batch_size=settings.max_batch_size, gpu=settings.gpu)
 
     # ---- ModelHandler API -------------------------------------------------------------------------
     def load_model(self) -> EmbedderService:

@@ -20,11 +20,17 @@ from __future__ import annotations
 
 import argparse
 import re
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from tiles.errors import InputError
+
+if TYPE_CHECKING:  # the settings' modules import Beam transforms, EE and torch: only when resolving
+    from earth_engine import EEBudget, EESettings, S2Settings
+    from pipeline.spec import OutputSettings
+    from transforms.inference import InferenceSettings
+    from transforms.plan import PlanSettings
 
 _BQ_TABLE = re.compile(r"^[A-Za-z0-9_.:-]+[:.][A-Za-z0-9_]+\.[A-Za-z0-9_$-]+$")
 _HF_CHECKPOINT = re.compile(r"^hf://[^/\s]+/[^/\s]+/\S+$")
@@ -75,7 +81,7 @@ class RegionOptions(PipelineOptions):
         _flag(g, "tile-px", type=int, default=512, help="tile size in pixels (default 512)")
         _flag(g, "scale-m", type=float, default=10.0, help="pixel size in metres (default 10)")
 
-    def to_settings(self):
+    def to_settings(self) -> "PlanSettings":
         """The validated plan settings (`transforms.plan.PlanSettings`); raises InputError saying what to fix."""
         from tiles.grid import validate_grid
         from tiles.regions import load_regions
@@ -127,7 +133,8 @@ class EarthEngineOptions(PipelineOptions):
               help="fetching processes sharing the EE quota (default: from the runner, see docs/DEPLOY.md: "
                    "DirectRunner's workers in multi_processing mode, Dataflow's max workers x SDK processes)")
 
-    def to_settings(self, runner: str, all_options: Dict[str, Any], beam_project: Optional[str] = None) -> Tuple:
+    def to_settings(self, runner: str, all_options: Dict[str, Any], beam_project: Optional[str] = None
+                    ) -> Tuple["S2Settings", "EESettings", "EEBudget"]:
         """(S2Settings, EESettings, EEBudget) for this runner; `all_options` are every option (Beam's included),
         from which the budget reads the worker counts; `--ee-project` falls back to Beam's `--project`.
         Raises InputError (or ValueError / earth_engine.QuotaError) saying what to fix."""
@@ -183,7 +190,7 @@ class ModelOptions(PipelineOptions):
               help="GPU resource hint for the inference step, e.g. nvidia-l4 or "
                    "'type:nvidia-l4;count:1;install-nvidia-driver'")
 
-    def to_settings(self):
+    def to_settings(self) -> "InferenceSettings":
         """The validated inference settings (`transforms.inference.InferenceSettings`); model flags left unset
         fall back to the RS_EMBED_DYNAMICVIS_* env, then defaults. Raises InputError / ValueError."""
         import models
@@ -227,7 +234,7 @@ class OutputOptions(PipelineOptions):
                    "and estimate wall time and cost from the measured figures")
         _flag(g, "progress-interval-s", type=float, default=30.0, help="seconds between progress log lines")
 
-    def to_settings(self):
+    def to_settings(self) -> "OutputSettings":
         """The validated output settings (`pipeline.spec.OutputSettings`); raises InputError saying what to fix."""
         from pipeline.spec import OutputSettings
 

@@ -67,7 +67,7 @@ def planned_requests(argv: Sequence[str]) -> Dict[str, object]:
     from tiles.planning import plan_requests
 
     _, spec = parse_and_validate(argv)
-    return {r.key: r for r in plan_requests(spec.regions, spec.windows, spec.tile_px, spec.scale_m)}
+    return {r.key: r for r in plan_requests(spec.plan.regions, spec.plan.windows, spec.plan.tile_px, spec.plan.scale_m)}
 
 
 @dataclasses.dataclass(frozen=True)

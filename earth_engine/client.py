@@ -5,7 +5,7 @@ import logging
 import threading
 from typing import Any, Optional, Tuple
 
-from earth_engine.settings import EESettings, credential_kind
+from earth_engine.settings import ADC, ANONYMOUS, EESettings, credential_kind, credential_source
 
 _LOG = logging.getLogger(__name__)
 _SCOPES = ("https://www.googleapis.com/auth/earthengine", "https://www.googleapis.com/auth/cloud-platform")
@@ -15,11 +15,12 @@ _initialized_with: Optional[EESettings] = None
 
 def _credentials(settings: EESettings) -> Tuple[Any, Optional[str]]:
     """(credentials, project) for the settings' credential source."""
-    if settings.credentials == "anonymous":
+    source = credential_source(settings.credentials)
+    if source == ANONYMOUS:
         import google.auth.credentials
 
         return google.auth.credentials.AnonymousCredentials(), settings.project
-    if settings.credentials == "adc":
+    if source == ADC:
         import google.auth
 
         credentials, adc_project = google.auth.default(scopes=list(_SCOPES))

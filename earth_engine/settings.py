@@ -107,16 +107,29 @@ class EESettings:
     deadline_s: float = 180.0  # per-request timeout; a stalled request becomes a retryable timeout
 
     def __post_init__(self) -> None:
-        if self.credentials == "anonymous" and not self.project:
+        if credential_source(self.credentials) == ANONYMOUS and not self.project:
             raise ValueError("--ee-credentials anonymous needs an explicit EE project (--ee-project)")
         if self.deadline_s <= 0:
             raise ValueError(f"deadline_s must be > 0, got {self.deadline_s}")
 
 
+ADC, ANONYMOUS, KEY_FILE = "adc", "anonymous", "service-account-file"
+
+
+def credential_source(credentials: Optional[str]) -> str:
+    """The one reading of ``--ee-credentials``: ``ADC`` | ``ANONYMOUS`` | ``KEY_FILE``.
+
+    Unset or empty is the flag's default, Application Default Credentials; ``'adc'`` and ``'anonymous'`` are
+    the two keywords the docs name; anything else is a service-account key file path. ``'default'`` is no
+    keyword: like any other word it is read as a key file path (and refused at launch when no such file exists).
+    """
+    if credentials in (None, "", ADC):
+        return ADC
+    if credentials == ANONYMOUS:
+        return ANONYMOUS
+    return KEY_FILE
+
+
 def credential_kind(credentials: Optional[str]) -> str:
     """'adc' | 'anonymous' | 'service-account-file': what logs and manifests may say, never the key's path."""
-    if credentials in (None, "", "adc", "default"):
-        return "adc"
-    if credentials == "anonymous":
-        return "anonymous"
-    return "service-account-file"
+    return credential_source(credentials)

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from models.booleans import parse_bool
+
 DEFAULT_HF_REPO = "KyanChen/DynamicVis"
 DEFAULT_CKPT_FILE = "pretrain_dynamicvis_b_bf16_mamba_best_single-label_f1-score_epoch_170.pth"
 DEFAULT_CHECKPOINT = f"hf://{DEFAULT_HF_REPO}/{DEFAULT_CKPT_FILE}"
@@ -20,12 +22,10 @@ DEVICES = ("auto", "cpu", "cuda")
 
 
 def _env_bool(name: str, value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError(f"{name}={value!r} is not a boolean; use 1/0, true/false, yes/no")
+    try:
+        return parse_bool(value, empty=False)
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not a boolean; use 1/0, true/false, yes/no") from None
 
 
 def _env_number(kind: type) -> Callable[[str, str], Any]:

@@ -322,13 +322,12 @@ def _connect(ee_settings) -> None:
 
 def _embed_many(pixels: Sequence[np.ndarray], output: OutputSpec, config) -> List[Dict[str, Any]]:
     """Raw CHW arrays -> per-item dict(pooled, grid, pooling, grid_shape), batched by shape."""
+    from models.batching import indices_by_shape
+
     embedder = _embedder(config)
     grid = output.mode == "grid"
     results: List[Optional[Dict[str, Any]]] = [None] * len(pixels)
-    by_shape: Dict[tuple, List[int]] = {}
-    for index, chw in enumerate(pixels):
-        by_shape.setdefault(np.shape(chw), []).append(index)
-    for indices in by_shape.values():
+    for indices in indices_by_shape(pixels):
         out = embedder.embed(np.stack([pixels[i] for i in indices]), pooling=output.pooling, grid=grid)
         for row, index in enumerate(indices):
             results[index] = {"pooled": out["pooled"][row], "grid": None if out["grid"] is None else out["grid"][row],

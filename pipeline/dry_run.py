@@ -139,14 +139,13 @@ def _request_counts(spec: RunSpec):
     from tiles.planning import expand_shard, summarize_shards
     from transforms.plan import PlanTiles
 
-    shards = PlanTiles(spec.regions, spec.windows, spec.tile_px, spec.scale_m, s2=spec.s2,
-                       points_mode=spec.points_mode).shards
+    shards = PlanTiles.from_settings(spec.plan, spec.s2).shards
     requests = pixels = 0
     for shard in shards:
         blocks = planned_blocks([a.pixel_box for a in expand_shard(shard)], spec.s2)
         requests += len(blocks)
         pixels += sum(w * h for _, _, w, h in blocks)
-    return summarize_shards(shards, spec.windows), requests, pixels, shards
+    return summarize_shards(shards, spec.plan.windows), requests, pixels, shards
 
 
 def plan(spec: RunSpec, latency_s: Optional[float] = None) -> Plan:
@@ -165,9 +164,8 @@ def sample_blocks(spec: RunSpec, n: int) -> List[list]:
     from tiles.planning import check_windows
     from transforms.plan import PlanTiles, expand_and_pack
 
-    shards = PlanTiles(spec.regions, spec.windows, spec.tile_px, spec.scale_m, s2=spec.s2,
-                       points_mode=spec.points_mode).shards
-    window = check_windows(spec.windows)[:1]
+    shards = PlanTiles.from_settings(spec.plan, spec.s2).shards
+    window = check_windows(spec.plan.windows)[:1]
     blocks: Dict[str, list] = {}
     for shard in shards:
         for request in expand_and_pack(shard, window, spec.s2):
@@ -198,16 +196,15 @@ def calibrate(spec: RunSpec, n: int) -> Calibration:
     pixels = [r.chw for r in results if isinstance(r, TilePixels)]
     embed_s, embedded = 0.0, 0
     if pixels:
-        embedder = models.DynamicVisEmbedder(spec.model)
-        embedder.embed(np.stack(pixels[:1]), pooling=spec.pooling, grid=False)  # warm-up: not timed
+        embedder = models.DynamicVisEmbedder(spec.inference.model)
+        embedder.embed(np.stack(pixels[:1]), pooling=spec.inference.pooling, grid=False)  # warm-up: not timed
         started = time.monotonic()
-        for start in range(0, len(pixels), spec.max_batch_size):
-            batch = pixels[start:start + spec.max_batch_size]
-            by_shape: Dict[tuple, list] = {}
-            for chw in batch:
-                by_shape.setdefault(chw.shape, []).append(chw)
-            for same in by_shape.values():
-                embedder.embed(np.stack(same), pooling=spec.pooling, grid=False)
+        for start in range(0, len(pixels), spec.inference.max_batch_size):
+            batch = pixels[start:start + spec.inference.max_batch_size]
+            from models.batching import indices_by_shape
+
+            for indices in indices_by_shape(batch):
+                embedder.embed(np.stack([batch[i] for i in indices]), pooling=spec.inference.pooling, grid=False)
         embed_s, embedded = time.monotonic() - started, len(pixels)
     return Calibration(blocks=len(blocks), requests=int(counts.get("requests", 0)), tiles=len(requests),
                        bytes=int(counts.get("bytes", 0)), fetch_s=fetch_s,
@@ -217,7 +214,7 @@ def calibrate(spec: RunSpec, n: int) -> Calibration:
 
 def main(spec: RunSpec) -> str:
     """What `--dry-run` prints: the text report, or one JSON object with `--json`."""
-    calibration = calibrate(spec, spec.calibrate) if spec.calibrate else None
+    calibration = calibrate(spec, spec.out.calibrate) if spec.out.calibrate else None
     result = plan(spec, calibration.s_per_request if calibration and calibration.requests else None)
     result.calibration = calibration
-    return json.dumps(result.to_dict(), sort_keys=True) if spec.json else result.report()
+    return json.dumps(result.to_dict(), sort_keys=True) if spec.out.json else result.report()

@@ -22,34 +22,33 @@ from transforms.inference import DynamicVisModelHandler
 
 
 def model_handler(spec: RunSpec) -> DynamicVisModelHandler:
-    return DynamicVisModelHandler(spec.model, pooling=spec.pooling, grid=spec.grid,
-                                  min_batch_size=spec.min_batch_size, max_batch_size=spec.max_batch_size,
-                                  gpu=spec.gpu)
+    return DynamicVisModelHandler.from_settings(spec.inference)
 
 
 def run_info(spec: RunSpec) -> schema.RunInfo:
     from pipeline import __version__
 
     return schema.RunInfo(pipeline_version=__version__, composite=spec.s2.composite,
-                          cloudy_pct=float(spec.s2.cloudy_pct), pooling=spec.pooling, created_at=spec.created_at)
+                          cloudy_pct=float(spec.s2.cloudy_pct), pooling=spec.inference.pooling, created_at=spec.created_at)
 
 
 def run_configuration(spec: RunSpec) -> dict:
     """What goes in the manifest and in every shard's metadata (scrubbed of credentials)."""
     import dataclasses
 
-    return manifest_lib.run_configuration({**spec.our_options, "run_id": spec.run_id}, spec.beam_options,
-                                          dataclasses.asdict(spec.model))
+    return manifest_lib.run_configuration({**spec.flags, "run_id": spec.run_id}, spec.beam_options,
+                                          dataclasses.asdict(spec.inference.model))
 
 
 def existing_keys(pipeline: beam.Pipeline, spec: RunSpec, existing_files: List[str]) -> Dict[str, Any]:
     """{output name: keys of the rows already there} with --skip-existing ('parquet', plus 'bigquery' with
     --bigquery-table); {} without it."""
-    if not spec.skip_existing:
+    if not spec.out.skip_existing:
         return {}
     sinks = {"parquet": pipeline | "ExistingKeys" >> write.ReadExistingKeys(existing_files)}
-    if spec.bigquery_table:
-        sinks["bigquery"] = pipeline | "ExistingBigQueryKeys" >> write.ReadExistingBigQueryKeys(spec.bigquery_table)
+    if spec.out.bigquery_table:
+        sinks["bigquery"] = pipeline | "ExistingBigQueryKeys" >> write.ReadExistingBigQueryKeys(
+            spec.out.bigquery_table)
     return sinks
 
 
@@ -59,7 +58,7 @@ def build(pipeline: beam.Pipeline, spec: RunSpec, existing_files: List[str],
     from transforms.fetch import DEAD_LETTER, PIXELS, FetchTiles
     from transforms.plan import PlanTiles
 
-    plan = PlanTiles(spec.regions, spec.windows, spec.tile_px, spec.scale_m, s2=spec.s2, points_mode=spec.points_mode)
+    plan = PlanTiles.from_settings(spec.plan, spec.s2)
     planned_tiles = plan.planned_requests  # counted from the shards PlanTiles ships: the launcher plans once
     requests = pipeline | "PlanTiles" >> plan
     sinks = existing_keys(pipeline, spec, existing_files)
@@ -73,7 +72,7 @@ def build(pipeline: beam.Pipeline, spec: RunSpec, existing_files: List[str],
         progress.CountProgress(progress.PLANNED))
     skipped = kept[write.Without.SKIPPED_TAG] | "CountSkipped" >> beam.ParDo(
         progress.CountProgress(progress.SKIPPED))
-    if spec.skip_existing:
+    if spec.out.skip_existing:
         _ = (to_fetch, skipped) | "LogResumePlan" >> write.LogResumePlan(planned_tiles)
 
     fetched = to_fetch | "FetchTiles" >> FetchTiles(spec.s2, spec.ee)
@@ -82,10 +81,10 @@ def build(pipeline: beam.Pipeline, spec: RunSpec, existing_files: List[str],
                         | "Reshuffle" >> beam.Reshuffle()
                         | "KeyByTile" >> beam.Map(write.request_from_pixels)
                         | "Embed" >> RunInference(model_handler(spec).keyed())
-                        | "ToRows" >> beam.ParDo(write.ToRows(run_info(spec), grid=spec.grid)).with_outputs(
+                        | "ToRows" >> beam.ParDo(write.ToRows(run_info(spec), grid=spec.inference.grid)).with_outputs(
                             write.DEAD_LETTER_TAG, main="rows"))
 
-    interval = spec.progress_interval_s
+    interval = spec.out.progress_interval_s
     rows = rows_and_letters.rows | "CountDone" >> beam.ParDo(
         progress.CountProgress(progress.DONE, planned_tiles, interval))
     letters = ((fetched[DEAD_LETTER], rows_and_letters[write.DEAD_LETTER_TAG])
@@ -99,18 +98,20 @@ def build(pipeline: beam.Pipeline, spec: RunSpec, existing_files: List[str],
         bigquery_rows = (rows | "NotInBigQuery" >> write.Without(sinks["bigquery"]))[write.Without.KEPT_TAG]
     # A file per inference batch (or per minute, or per bundle): rows are durable while the job runs.
     embedding_files = parquet_rows | "WriteParquet" >> write.WriteEmbeddingFiles(
-        spec.output, grid=spec.grid, run_config=configuration, max_rows=spec.max_batch_size)
-    if spec.bigquery_table:
-        _ = bigquery_rows | "WriteBigQuery" >> write.WriteBigQueryRows(spec.bigquery_table, bigquery_temp)
-    letter_files = letters | "WriteDeadLetters" >> write.WriteDeadLetters(spec.output, max_rows=spec.max_batch_size)
+        spec.out.output, grid=spec.inference.grid, run_config=configuration,
+        max_rows=spec.inference.max_batch_size)
+    if spec.out.bigquery_table:
+        _ = bigquery_rows | "WriteBigQuery" >> write.WriteBigQueryRows(spec.out.bigquery_table, bigquery_temp)
+    letter_files = letters | "WriteDeadLetters" >> write.WriteDeadLetters(
+        spec.out.output, max_rows=spec.inference.max_batch_size)
 
     base = manifest_lib.base_manifest(spec.run_id, spec.created_at, configuration, {"tiles": planned_tiles})
     counted = {"fetch_requests": to_fetch, "skipped_existing": skipped}
     if "parquet" in sinks:
         counted["rows_before_run"] = sinks["parquet"]
-    if spec.bigquery_table:
+    if spec.out.bigquery_table:
         counted["bigquery_rows_written"] = bigquery_rows
     _ = ({**counted, "model": rows | "ModelColumns" >> beam.Map(write.row_model_metadata),
           "embedding_files": embedding_files, "dead_letter_files": letter_files}
-         | "WriteManifest" >> write.WriteManifest(spec.output, base, sorted(counted)))
+         | "WriteManifest" >> write.WriteManifest(spec.out.output, base, sorted(counted)))
 

@@ -44,7 +44,7 @@ def print_help(stream: Optional[TextIO] = None) -> None:
         prog="python -m pipeline",
         description="DynamicVis embeddings of Sentinel-2 RGB tiles, as an Apache Beam pipeline. "
                     "Beam's own flags (--runner, --direct_num_workers, --project, --region, ...) work too.")
-    options_lib.EmbeddingOptions._add_argparse_args(parser)  # pylint: disable=protected-access
+    options_lib.add_our_flags(parser)
     parser.print_help(stream or sys.stdout)
 
 
@@ -55,15 +55,7 @@ def parse_and_validate(argv: Sequence[str]) -> tuple:
     if unknown:
         raise InputError(f"unknown option(s): {' '.join(unknown)} (see python -m pipeline --help)")
     options = PipelineOptions(argv)
-    spec = resolve(options)
-    fraction = max_failed_fraction(options)
-    if not 0.0 <= fraction <= 1.0:
-        raise InputError(f"--max-failed-fraction must be between 0 and 1, got {fraction:g}")
-    return options, spec
-
-
-def max_failed_fraction(options: PipelineOptions) -> float:
-    return float(options.view_as(options_lib.EmbeddingOptions).max_failed_fraction)
+    return options, resolve(options)
 
 
 def check_output_writable(output: str) -> None:
@@ -88,10 +80,10 @@ def check_output(spec: RunSpec) -> List[str]:
     """Existing embedding files of `--output`; refuse a non-empty output without --skip-existing."""
     from transforms.write import embedding_files
 
-    check_output_writable(spec.output)
-    shards = embedding_files(spec.output)
-    if shards and not spec.skip_existing:
-        raise InputError(f"--output {spec.output} already holds {len(shards)} embedding shard(s); pass "
+    check_output_writable(spec.out.output)
+    shards = embedding_files(spec.out.output)
+    if shards and not spec.out.skip_existing:
+        raise InputError(f"--output {spec.out.output} already holds {len(shards)} embedding shard(s); pass "
                          f"--skip-existing to embed only the tiles missing there, or choose an empty --output")
     return shards
 
@@ -99,7 +91,7 @@ def check_output(spec: RunSpec) -> List[str]:
 def check_bigquery_table(spec: RunSpec) -> Optional[int]:
     """Rows already in `--bigquery-table` (None: no such table yet); refuse a non-empty table without
     --skip-existing, and say what to fix when BigQuery cannot be reached."""
-    if not spec.bigquery_table:
+    if not spec.out.bigquery_table:
         return None
     import google.api_core.exceptions
     import google.auth.exceptions
@@ -107,17 +99,17 @@ def check_bigquery_table(spec: RunSpec) -> Optional[int]:
     from transforms.write import bigquery_row_count
 
     try:
-        rows = bigquery_row_count(spec.bigquery_table, BIGQUERY_LAUNCH_TIMEOUT_S)
+        rows = bigquery_row_count(spec.out.bigquery_table, BIGQUERY_LAUNCH_TIMEOUT_S)
     except google.auth.exceptions.DefaultCredentialsError:
-        raise InputError(f"--bigquery-table {spec.bigquery_table}: no Application Default Credentials for "
+        raise InputError(f"--bigquery-table {spec.out.bigquery_table}: no Application Default Credentials for "
                          f"BigQuery; run `gcloud auth application-default login`") from None
     except (google.api_core.exceptions.GoogleAPIError, google.auth.exceptions.GoogleAuthError,
             OSError) as error:
-        raise InputError(f"--bigquery-table {spec.bigquery_table}: could not look the table up in BigQuery "
+        raise InputError(f"--bigquery-table {spec.out.bigquery_table}: could not look the table up in BigQuery "
                          f"({type(error).__name__}: {error}); check the project, your credentials and the "
                          f"network") from None
-    if rows and not spec.skip_existing:
-        raise InputError(f"--bigquery-table {spec.bigquery_table} already holds {rows} row(s); pass "
+    if rows and not spec.out.skip_existing:
+        raise InputError(f"--bigquery-table {spec.out.bigquery_table} already holds {rows} row(s); pass "
                          f"--skip-existing to embed only the tiles missing there, or choose another table")
     return rows
 
@@ -126,10 +118,13 @@ def check_credentials(spec: RunSpec) -> None:
     """Earth Engine credentials that cannot work fail here, not in every worker's setup."""
     import os
 
+    from earth_engine.settings import ADC, ANONYMOUS, credential_source
+
     kind = spec.ee.credentials
-    if kind == "anonymous":
+    source = credential_source(kind)
+    if source == ANONYMOUS:
         return
-    if kind == "adc":
+    if source == ADC:
         import google.auth
         import google.auth.exceptions
 
@@ -161,7 +156,7 @@ def check_model(spec: RunSpec, options: PipelineOptions) -> None:
     from models.checkpoint import CheckpointError, load_backbone_weights
     from models.scan import resolve_scan
 
-    model = spec.model
+    model = spec.inference.model
     if model.scan != "auto":
         try:
             resolve_scan(model.scan, "cpu")
@@ -197,7 +192,7 @@ def run(options: PipelineOptions, spec: RunSpec, wait: bool = True):
     if shards:
         LOGGER.info("skip-existing: reading tile keys (key columns only) from %d existing file(s)", len(shards))
     if not translate_only and check_bigquery_table(spec):
-        LOGGER.info("skip-existing: reading tile keys from BigQuery table %s", spec.bigquery_table)
+        LOGGER.info("skip-existing: reading tile keys from BigQuery table %s", spec.out.bigquery_table)
     options.view_as(SetupOptions).save_main_session = False
     pipeline = beam.Pipeline(options=options)
     graph.build(pipeline, spec, shards, bigquery_temp=gcs_temp_location(options))
@@ -242,19 +237,19 @@ def launch(argv: Sequence[str]) -> int:
     LOGGER.setLevel(logging.INFO)
     try:
         options, spec = parse_and_validate(argv)
-        if spec.plan_only:
+        if spec.out.plan_only:
             from pipeline import dry_run
 
             print(dry_run.main(spec))
             return 0
-        LOGGER.info("run %s on %s -> %s", spec.run_id, runner_name(options), spec.output)
+        LOGGER.info("run %s on %s -> %s", spec.run_id, runner_name(options), spec.out.output)
         result = run(options, spec)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     LOGGER.info("%s", summary(result))
     print(summary(result))
-    failed = too_many_failed(result, max_failed_fraction(options))
+    failed = too_many_failed(result, float(spec.out.max_failed_fraction))
     if failed:
         print(f"error: {failed}", file=sys.stderr)
         return EXIT_TILES_FAILED

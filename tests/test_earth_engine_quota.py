@@ -90,8 +90,8 @@ def test_dry_run_counts_the_requests_the_fetch_sends(fake_ee, tmp_path):
     counted = plan(spec)
     from transforms.plan import PlanTiles
 
-    shards = PlanTiles(spec.regions, spec.windows, spec.tile_px, spec.scale_m, s2=spec.s2).shards
-    requests = [r for shard in shards for r in expand_and_pack(shard, spec.windows, spec.s2)]
+    shards = PlanTiles.from_settings(spec.plan, spec.s2).shards
+    requests = [r for shard in shards for r in expand_and_pack(shard, spec.plan.windows, spec.s2)]
     assert len(requests) == counted.summary.tile_requests == sum(len(list(expand_shard(s))) for s in shards)
     earth_engine.fetch_tiles(requests, spec.s2, fake_ee.settings)
     assert len(fake_ee.server.calls) == counted.fetch.requests

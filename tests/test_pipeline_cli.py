@@ -78,7 +78,7 @@ def test_beam_flags_work_alongside_ours():
     options, spec = parse_and_validate(["--bbox", "8,47,8.1,47.1", *TIME, "--output", "/tmp/o",
                                         "--direct_num_workers=2", "--tile_px=64", "--img-size", "64"])
     assert options.view_as(DirectOptions).direct_num_workers == 2
-    assert spec.tile_px == 64 and spec.model.img_size == 64
+    assert spec.plan.tile_px == 64 and spec.inference.model.img_size == 64
 
 
 def test_model_options_fall_back_to_the_card_env_knobs(monkeypatch):
@@ -87,9 +87,9 @@ def test_model_options_fall_back_to_the_card_env_knobs(monkeypatch):
     monkeypatch.setenv("RS_EMBED_DYNAMICVIS_IMG", "128")
     monkeypatch.setenv("RS_EMBED_DYNAMICVIS_SAMPLING_SCALE", "0.2")
     _, spec = parse_and_validate(["--bbox", "8,47,8.1,47.1", *TIME, "--output", "/tmp/o"])
-    assert spec.model.img_size == 128 and spec.model.sampling_scale == 0.2
+    assert spec.inference.model.img_size == 128 and spec.inference.model.sampling_scale == 0.2
     _, spec = parse_and_validate(["--bbox", "8,47,8.1,47.1", *TIME, "--output", "/tmp/o", "--img-size", "64"])
-    assert spec.model.img_size == 64  # the flag beats the env
+    assert spec.inference.model.img_size == 64  # the flag beats the env
 
 
 def test_dry_run_prints_the_plan_without_earth_engine_or_model(capsys, monkeypatch, no_pipeline):

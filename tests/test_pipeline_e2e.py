@@ -58,7 +58,7 @@ def _expected_requests(argv):
     from tiles.planning import plan_requests
 
     _, spec = parse_and_validate(argv)
-    return {r.key: r for r in plan_requests(spec.regions, spec.windows, spec.tile_px, spec.scale_m)}, spec
+    return {r.key: r for r in plan_requests(spec.plan.regions, spec.plan.windows, spec.plan.tile_px, spec.plan.scale_m)}, spec
 
 
 def test_run_writes_one_row_per_tile_equal_to_the_model_on_the_same_pixels(fake_ee, recipe_checkpoint_b64,
@@ -90,7 +90,7 @@ def test_run_writes_one_row_per_tile_equal_to_the_model_on_the_same_pixels(fake_
     # Embeddings equal the model's direct output on the same pixels (same fetch code, same embedder).
     requests = [expected[k] for k in sorted(keys)]
     fetched = earth_engine.fetch_tiles(requests, spec.s2, fake_ee.settings)
-    embedder = models.DynamicVisEmbedder(spec.model)
+    embedder = models.DynamicVisEmbedder(spec.inference.model)
     direct = embedder.embed(np.stack([p.chw for p in fetched]))["pooled"]
     by_key = {k: r for k, r in zip(keys, rows)}
     got = np.stack([np.asarray(by_key[k]["embedding"], np.float32) for k in sorted(keys)])

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections import defaultdict
 from typing import Any, Dict, Iterable, Optional, Sequence
 
 import numpy as np
@@ -53,6 +52,18 @@ def accelerator_hint(gpu: Optional[str]) -> Optional[str]:
     if "type:" in gpu:
         return gpu
     return _GPU_HINT.format(gpu)
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceSettings:
+    """The model and how RunInference batches it: what `pipeline.options.ModelOptions` resolves to."""
+
+    model: Any  # models.ModelConfig
+    pooling: str = "mean"
+    grid: bool = False
+    min_batch_size: int = 1
+    max_batch_size: int = CPU_MAX_BATCH_SIZE
+    gpu: Optional[str] = None
 
 
 @dataclasses.dataclass
@@ -116,6 +127,12 @@ class DynamicVisModelHandler(ModelHandler[np.ndarray, TileEmbedding, EmbedderSer
         self._accelerator = accelerator_hint(gpu)
         self._model_metadata: Optional[Dict[str, Any]] = None
 
+    @classmethod
+    def from_settings(cls, settings: InferenceSettings) -> "DynamicVisModelHandler":
+        """The handler of a run's inference settings."""
+        return cls(settings.model, pooling=settings.pooling, grid=settings.grid,
+                   min_batch_size=settings.min_batch_size, max_batch_size=settings.max_batch_size, gpu=settings.gpu)
+
     # ---- ModelHandler API -------------------------------------------------------------------------
     def load_model(self) -> EmbedderService:
         return EmbedderService(self._config)
@@ -125,10 +142,9 @@ class DynamicVisModelHandler(ModelHandler[np.ndarray, TileEmbedding, EmbedderSer
         if self._model_metadata is None:
             self._model_metadata = model.metadata()
         results: list = [None] * len(batch)
-        by_shape = defaultdict(list)  # the model needs one (H, W) per forward pass
-        for index, example in enumerate(batch):
-            by_shape[np.shape(example)].append(index)
-        for indices in by_shape.values():
+        from models.batching import indices_by_shape  # here: importing models loads torch
+
+        for indices in indices_by_shape(batch):  # the model needs one (H, W) per forward pass
             for index, result in zip(indices, self._embed_group([batch[i] for i in indices], model)):
                 results[index] = PredictionResult(batch[index], result)
         return results

@@ -8,6 +8,7 @@ The tile list is never materialised on the launcher.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
@@ -56,6 +57,17 @@ def shard_requests(shard: PlanShard, s2: S2Settings) -> int:
     return count_requests([a.pixel_box for a in expand_shard(shard)], s2)
 
 
+@dataclasses.dataclass(frozen=True)
+class PlanSettings:
+    """Where and when to embed: what `pipeline.options.RegionOptions` resolves to."""
+
+    regions: Sequence[Region]
+    windows: Sequence[TimeWindow]
+    tile_px: int = DEFAULT_TILE_PX
+    scale_m: float = DEFAULT_SCALE_M
+    points_mode: str = "chip"
+
+
 class PlanTiles(beam.PTransform):
     """PBegin -> PCollection[TileRequest]: every (request id, tile, window) once, packed into request blocks."""
 
@@ -69,6 +81,11 @@ class PlanTiles(beam.PTransform):
         self.shards: Tuple[PlanShard, ...] = tuple(plan_shards(
             regions, tile_px, scale_m, target_tiles, points_mode=points_mode,
             row_multiple=block_rows(tile_px, self._s2)))
+
+    @classmethod
+    def from_settings(cls, plan: PlanSettings, s2: Optional[S2Settings] = None) -> "PlanTiles":
+        """The transform for a run's plan settings (and the Sentinel-2 settings its requests are packed for)."""
+        return cls(plan.regions, plan.windows, plan.tile_px, plan.scale_m, s2=s2, points_mode=plan.points_mode)
 
     @property
     def planned_requests(self) -> int:

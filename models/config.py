@@ -17,6 +17,8 @@ ENV_PREFIX = "RS_EMBED_DYNAMICVIS_"
 ARCH_CHOICES = ("auto", "b", "base", "l", "large")
 PRECISIONS = ("auto", "fp32", "bf16")   # auto: bf16 only where it is faster (models.runtime)
 DEVICES = ("auto", "cpu", "cuda")
+# Feature-map pooling: the name a caller asks for -> the name recorded in the output (the card's ``pooling``).
+POOLINGS = {"mean": "featmap_mean", "max": "featmap_max"}
 
 
 def _env_bool(name: str, value: str) -> bool:

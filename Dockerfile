@@ -17,14 +17,14 @@ FROM ${BEAM_SDK_IMAGE} AS beam_sdk
 FROM ${BASE_IMAGE}
 
 # Optional: a converted backbone-only .safetensors file inside the build context (e.g. weights/NAME.safetensors),
-# copied to /opt/dynamicvis/weights/ so workers need no download. Empty: workers fetch --checkpoint themselves.
+# copied to /opt/dynamicvis/weights/ so workers need no download (pass that path as --checkpoint). Empty: workers
+# fetch --checkpoint themselves.
 ARG WEIGHTS=""
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    DYNAMICVIS_WEIGHTS_DIR=/opt/dynamicvis/weights
+    PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /opt/dynamicvis/src
 
@@ -57,10 +57,10 @@ assert apache_beam.__version__ == '2.77.0', apache_beam.__version__"
 # absent (it needs nvcc to build); Triton compiles its launcher with the gcc installed above.
 
 RUN --mount=type=bind,source=.,target=/tmp/context \
-    mkdir -p "$DYNAMICVIS_WEIGHTS_DIR" \
+    mkdir -p /opt/dynamicvis/weights \
     && if [ -n "$WEIGHTS" ]; then \
          test -f "/tmp/context/$WEIGHTS" || { echo "WEIGHTS=$WEIGHTS is not a file in the build context" >&2; exit 1; }; \
-         cp "/tmp/context/$WEIGHTS" "$DYNAMICVIS_WEIGHTS_DIR/"; \
+         cp "/tmp/context/$WEIGHTS" /opt/dynamicvis/weights/; \
        fi
 
 # The Beam worker boot program (Runner v2 starts it as the container's entrypoint).

@@ -19,6 +19,8 @@ ENV_PREFIX = "RS_EMBED_DYNAMICVIS_"
 ARCH_CHOICES = ("auto", "b", "base", "l", "large")
 PRECISIONS = ("auto", "fp32", "bf16")   # auto: bf16 only where it is faster (models.runtime)
 DEVICES = ("auto", "cpu", "cuda")
+# Feature-map pooling: the name a caller asks for -> the name recorded in the output (the card's ``pooling``).
+POOLINGS = {"mean": "featmap_mean", "max": "featmap_max"}
 
 
 def _env_bool(name: str, value: str) -> bool:
@@ -72,9 +74,23 @@ def fetch_workers(environ: "os._Environ | dict | None" = None) -> int:
     return workers
 
 
+def user_cache_home() -> Path:
+    """The user's cache directory, read at call time: ``$XDG_CACHE_HOME``, else ``~/.cache``."""
+    return Path(os.environ.get("XDG_CACHE_HOME", "").strip() or Path.home() / ".cache").expanduser()
+
+
+def cache_root() -> Path:
+    """The project's cache root, read at call time: ``DYNAMICVIS_CACHE_DIR``, else ``dynamicvis_s2`` in the
+    user's cache (``user_cache_home``). Converted weights, hashes and downloads live in it, the compiled CPU
+    scan in its ``scan_cpu/``. Not Hugging Face downloads (the hub's own caches, ``models.checkpoint.sources``)
+    nor the opt-in upstream clone (``RS_EMBED_DYNAMICVIS_REPO_CACHE``, the adapter's default)."""
+    configured = os.environ.get("DYNAMICVIS_CACHE_DIR", "").strip()
+    return Path(configured).expanduser() if configured else user_cache_home() / "dynamicvis_s2"
+
+
 def default_cache_dir() -> Path:
-    """Converted-weights cache: ``DYNAMICVIS_CACHE_DIR`` or ``~/.cache/dynamicvis_s2``."""
-    return Path(os.environ.get("DYNAMICVIS_CACHE_DIR") or Path.home() / ".cache" / "dynamicvis_s2").expanduser()
+    """Converted-weights cache: the project's ``cache_root``."""
+    return cache_root()
 
 
 @dataclass(frozen=True)
@@ -98,7 +114,7 @@ class ModelConfig:
     upstream_repo_path: str | None = None
     upstream_auto_download: bool = False
     upstream_repo_url: str = UPSTREAM_REPO_URL
-    upstream_repo_cache: str = field(default_factory=lambda: str(Path.home() / ".cache" / "rs_embed" / "dynamicvis"))
+    upstream_repo_cache: str = field(default_factory=lambda: str(user_cache_home() / "rs_embed" / "dynamicvis"))
 
     def __post_init__(self) -> None:
         if str(self.arch).lower() not in ARCH_CHOICES:

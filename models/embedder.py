@@ -8,13 +8,12 @@ import torch
 
 from models.backbone import DynamicVisBackbone
 from models.checkpoint import CheckpointInfo, load_backbone_weights
-from models.config import ModelConfig
+from models.config import POOLINGS, ModelConfig
 from models.preprocess import (check_raw_chw, normalize_rgb_uint8_torch, preprocess_s2_rgb, raw_to_rgb_uint8,
                                raw_to_rgb_uint8_torch, resize_rgb_uint8)
 from models.runtime import (CudaGraphForward, autocast_for, configure_numerics, device_batch_size,
                             resolve_precision)
 
-POOLINGS = {"mean": "featmap_mean", "max": "featmap_max"}
 FEATURE_KIND = "featmap"             # what the backbone returns: a feature map, pooled spatially (not tokens)
 GRID_KIND = "last_stage_featmap"
 

@@ -29,6 +29,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from models.config import cache_root
+
 _C_SOURCE = r"""
 #include <math.h>
 #include <stdint.h>
@@ -251,8 +253,7 @@ _FLAGS = _COMPILE_FLAGS + _LINK_FLAGS
 
 
 def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "rs_embed_dynamicvis"
+    return cache_root() / "scan_cpu"
 
 
 def _cpu_signature() -> str:

@@ -119,7 +119,9 @@ class OutputSpec:
     def __post_init__(self) -> None:
         if self.mode not in ("pooled", "grid"):
             raise SpecError(f"OutputSpec mode {self.mode!r}: use OutputSpec.pooled() or OutputSpec.grid()")
-        if self.pooling not in ("mean", "max"):
+        from models.config import POOLINGS
+
+        if self.pooling not in POOLINGS:
             raise SpecError(f"OutputSpec.pooled({self.pooling!r}): pooling is 'mean' or 'max'")
 
     @classmethod

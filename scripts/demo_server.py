@@ -15,7 +15,7 @@ import pathlib
 import sys
 import time
 
-# Run as a script from the checkout: make the project's packages (and tests.fakes) importable.
+# Run as a script from the checkout: make the project's packages importable.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 
@@ -27,7 +27,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     from models.recipe import write_official_checkpoint
-    from tests.fakes.ee_server import PROJECT, FakeEarthEngine
+    from earth_engine.fake_server import PROJECT, FakeEarthEngine
 
     checkpoint = pathlib.Path(args.checkpoint)
     checkpoint.parent.mkdir(parents=True, exist_ok=True)

@@ -51,7 +51,7 @@ def test_official_format_round_trip_matches_golden(recipe_checkpoint_b64, model_
 
 def test_second_load_reads_the_converted_cache(recipe_checkpoint_b64, model_cache, monkeypatch):
     first, info = load_backbone_weights(str(recipe_checkpoint_b64))
-    import models.checkpoint as checkpoint_module
+    import models.checkpoint.converted as checkpoint_module
 
     monkeypatch.setattr(checkpoint_module, "safe_torch_load", lambda *_: pytest.fail("cache not used"))
     second, info2 = load_backbone_weights(str(recipe_checkpoint_b64))

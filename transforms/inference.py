@@ -114,7 +114,9 @@ class DynamicVisModelHandler(ModelHandler[np.ndarray, TileEmbedding, EmbedderSer
         if max_batch_size is None:
             max_batch_size = default_max_batch_size(gpu, getattr(config, "img_size", None),
                                                     getattr(config, "arch", None))
-        if pooling not in ("mean", "max"):
+        from models.config import POOLINGS
+
+        if pooling not in POOLINGS:
             raise ValueError(f"pooling must be 'mean' or 'max', got {pooling!r}")
         if not 1 <= min_batch_size <= max_batch_size:
             raise ValueError(f"need 1 <= min_batch_size ({min_batch_size}) <= max_batch_size ({max_batch_size})")

@@ -100,7 +100,15 @@ class DynamicVisEmbedder:
 
     @classmethod
     def from_config(cls, config: ModelConfig | None = None, **overrides) -> "DynamicVisEmbedder":
-        """From a config, or from the environment plus explicit overrides."""
+        """From a config, or from the environment plus explicit overrides.
+
+        Args:
+            config: The settings; default ``ModelConfig.from_env(**overrides)``.
+            **overrides: ModelConfig fields replaced in ``config`` (or passed to ``from_env``).
+
+        Returns:
+            The embedder, its checkpoint loaded.
+        """
         return cls(config.replace(**overrides) if config else ModelConfig.from_env(**overrides))
 
     @property

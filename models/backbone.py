@@ -230,7 +230,29 @@ class SpatialSparseMixer(nn.Module):
 
 
 class DynamicVisBackbone(nn.Module):
-    """DynamicVis backbone; ``forward(x)`` returns NCHW feature maps (stage LayerNorm outputs) for out_indices."""
+    """DynamicVis backbone; ``forward(x)`` returns NCHW feature maps (stage LayerNorm outputs) for out_indices.
+
+    Args:
+        arch: 'b'/'base' or 'l'/'large'.
+        img_size: Input side in pixels (square), default 512; ``pos_embed`` is resized on load to fit it.
+        path_type: Token path of the Mamba mixers: 'forward_reverse_mean' (default, released) or 'forward'.
+        sampling_scale: Token-sampling scale, a number (fixed) or dict(type='fixed'|'decay', val=...).
+        mamba2: Must be False (the Mamba2 variant is not implemented).
+        out_indices: Stages (0..3) whose feature maps ``forward`` returns.
+        patch_sizes: Patch-embedding kernel per stage (4 entries).
+        strides: Patch-embedding stride per stage (4 entries).
+        spatial_token_keep_ratios: Per stage, 1 in this many tokens goes through the mixer (4 entries).
+        global_token_cfg: dict(pos='head', num=-1 (one per row) or a count).
+        in_channels: Input channels, 3 (RGB).
+        scan: Selective-scan backend, a name of ``models.scan.resolve_scan`` (default 'auto').
+
+    Raises:
+        NotImplementedError: mamba2=True, a path_type or global-token position the released checkpoints
+            do not use.
+        ValueError: An unknown path_type or arch, wrong-length stage lists, bad out_indices, an img_size too
+            small for four stages, or an unknown scan.
+        RuntimeError: A scan backend that cannot load here.
+    """
 
     def __init__(self, arch: str = "b", img_size: int = 512, path_type: str = "forward_reverse_mean",
                  sampling_scale: float | Mapping | None = 0.1, mamba2: bool = False,
@@ -327,6 +349,19 @@ class DynamicVisBackbone(nn.Module):
             raise TypeError(f"DynamicVisBackbone expects a floating-point input (normalised image), got {x.dtype}")
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        """Feature maps of a normalised image batch.
+
+        Args:
+            x: Float tensor (B, in_channels, img_size, img_size), ImageNet-normalised
+                (``models.preprocess_s2_rgb``).
+
+        Returns:
+            One (B, C_i, H_i, W_i) tensor per stage in ``out_indices``; the last stage is 1/32 of img_size.
+
+        Raises:
+            TypeError: ``x`` not a floating-point tensor.
+            ValueError: ``x`` not of shape (B, in_channels, img_size, img_size).
+        """
         self._check_input(x)
         self._resolve_auto_scan(x.device)
         with keep_cpu_autocast_off(x.device):

@@ -99,6 +99,26 @@ class ModelConfig:
 
     ``checkpoint`` is ``hf://OWNER/REPO/FILE``, a local path or ``gs://BUCKET/OBJECT``. The upstream-code
     mode (``upstream_repo_path`` / ``upstream_auto_download``) is opt-in; auto-clone is off by default.
+
+    Args:
+        checkpoint: Official weights: ``hf://OWNER/REPO/FILE`` (default the released DynamicVis-B), a local
+            path or ``gs://BUCKET/OBJECT``.
+        arch: 'auto' (from the checkpoint), 'b'/'base' or 'l'/'large'.
+        img_size: Model input side in pixels, a multiple of 32 (default 512, the official setting).
+        path_type: Mamba token path, default 'forward_reverse_mean'.
+        sampling_scale: Token-sampling scale, default 0.1.
+        mamba2: Mamba2 mixers (not supported; default False).
+        scan: Selective-scan backend (``models.scan``), default 'auto' (the fastest correct one here).
+        precision: 'auto' (bf16 only where it is faster), 'fp32' or 'bf16'.
+        device: 'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'.
+        cache_dir: Converted-weights cache; default ``cache_root()``.
+        upstream_repo_path: A local DynamicVis checkout whose code builds the model instead of ours.
+        upstream_auto_download: Clone the upstream repository (pinned commit) if needed; default False.
+        upstream_repo_url: Where that clone comes from.
+        upstream_repo_cache: Where that clone goes.
+
+    Raises:
+        ValueError: An unknown arch, precision or device, a bad img_size or an empty checkpoint.
     """
 
     checkpoint: str = DEFAULT_CHECKPOINT
@@ -142,7 +162,21 @@ class ModelConfig:
 
     @classmethod
     def from_env(cls, environ: "os._Environ | dict | None" = None, **overrides) -> "ModelConfig":
-        """Defaults, then ``RS_EMBED_DYNAMICVIS_*`` variables, then explicit (non-None) ``overrides``."""
+        """Defaults, then ``RS_EMBED_DYNAMICVIS_*`` variables, then explicit (non-None) ``overrides``.
+
+        Args:
+            environ: The environment to read; default ``os.environ``. Read: HF_REPO and CKPT_FILE (together
+                the checkpoint; a CKPT_FILE that is a URL or absolute path is the checkpoint itself), IMG,
+                ARCH, PATH_TYPE, SAMPLING_SCALE, MAMBA2, REPO_PATH, AUTO_DOWNLOAD_REPO, REPO_URL, REPO_CACHE.
+            **overrides: ModelConfig fields; None values are ignored.
+
+        Returns:
+            The ModelConfig.
+
+        Raises:
+            TypeError: An override that is not a ModelConfig field.
+            ValueError: A variable that does not parse (e.g. a non-boolean MAMBA2) or an invalid setting.
+        """
         env = os.environ if environ is None else environ
         values: dict = {}
 

@@ -74,7 +74,17 @@ def raw_to_device(raw_chw_batch: np.ndarray, img_size: int, device: torch.device
 
 
 class DynamicVisEmbedder:
-    """Holds one backbone; embeds batches of raw S2 RGB tiles into pooled vectors and last-stage grids."""
+    """Holds one backbone; embeds batches of raw S2 RGB tiles into pooled vectors and last-stage grids.
+
+    Args:
+        config: The model settings; default ``ModelConfig.from_env()``. The checkpoint is fetched, checked
+            and loaded here, once.
+
+    Raises:
+        CheckpointError: The checkpoint cannot be found, read or is refused (e.g. pickled code).
+        UpstreamCodeError: The opt-in upstream code cannot be used.
+        ValueError: Settings that do not fit the checkpoint.
+    """
 
     def __init__(self, config: ModelConfig | None = None):
         self.config = config or ModelConfig.from_env()
@@ -90,12 +100,26 @@ class DynamicVisEmbedder:
 
     @classmethod
     def from_config(cls, config: ModelConfig | None = None, **overrides) -> "DynamicVisEmbedder":
-        """From a config, or from the environment plus explicit overrides."""
+        """From a config, or from the environment plus explicit overrides.
+
+        Args:
+            config: The settings; default ``ModelConfig.from_env(**overrides)``.
+            **overrides: ModelConfig fields replaced in ``config`` (or passed to ``from_env``).
+
+        Returns:
+            The embedder, its checkpoint loaded.
+        """
         return cls(config.replace(**overrides) if config else ModelConfig.from_env(**overrides))
 
     @property
     def metadata(self) -> dict[str, Any]:
-        """The adapter card's model metadata (per-call keys such as ``pooling`` come with each result)."""
+        """The adapter card's model metadata (per-call keys such as ``pooling`` come with each result).
+
+        Returns:
+            A dict: model, arch, path_type, sampling_scale, mamba2, image_size, checkpoint (hf_repo, ckpt_file,
+            ckpt_sha256, checkpoint), feature layout (feature_kind, grid_kind, pool_source), and how it runs
+            (scan, precision, device, implementation).
+        """
         info, config = self.checkpoint, self.config
         return {
             "model": "dynamicvis", "arch": info.arch, "path_type": config.path_type,
@@ -120,8 +144,22 @@ class DynamicVisEmbedder:
         return np.stack([preprocess_s2_rgb(chw, self.config.img_size) for chw in batch])
 
     def embed(self, raw_chw_batch: np.ndarray, pooling: str = "mean", grid: bool = False) -> dict:
-        """Raw S2 RGB tiles (B, 3, H, W) -> dict(pooled=(B, D) float32, grid=(B, D, h, w) float32 or None,
-        pooling='featmap_mean' | 'featmap_max', grid_shape=(D, h, w))."""
+        """Embed raw S2 RGB tiles (preprocessed as the adapter does, then the backbone).
+
+        Args:
+            raw_chw_batch: Raw S2 SR reflectance (B, 3, H, W), bands B4, B3, B2, 0..10000 scale; any H, W
+                (resized to ``config.img_size``), NaN counts as 0.
+            pooling: 'mean' (default) or 'max' over the last-stage feature map.
+            grid: Also return the feature maps.
+
+        Returns:
+            dict(pooled=(B, D) float32, grid=(B, D, h, w) float32 or None, pooling='featmap_mean' |
+            'featmap_max', grid_shape=(D, h, w)).
+
+        Raises:
+            ValueError: An unknown pooling, or an array that is not (B, 3, H, W) (the message names its shape).
+            TypeError: A non-numeric array.
+        """
         self.pooling_name(pooling)
         if self.device.type == "cuda":
             return self._embed_on_device(self._raw_to_device(raw_chw_batch), pooling, grid)
@@ -132,7 +170,19 @@ class DynamicVisEmbedder:
 
     @torch.inference_mode()
     def embed_preprocessed(self, x: np.ndarray | torch.Tensor, pooling: str = "mean", grid: bool = False) -> dict:
-        """Already-normalised inputs (B, 3, img, img) -> pooled vectors (and grids)."""
+        """Embed inputs already preprocessed (``preprocess`` / ``preprocess_s2_rgb``), skipping that step.
+
+        Args:
+            x: ImageNet-normalised float32 (B, 3, img_size, img_size), an array or a tensor.
+            pooling: 'mean' (default) or 'max' over the last-stage feature map.
+            grid: Also return the feature maps.
+
+        Returns:
+            The same dict as ``embed``.
+
+        Raises:
+            ValueError: An unknown pooling, or ``x`` not 4-D.
+        """
         self.pooling_name(pooling)
         tensor = torch.as_tensor(x)
         if tensor.ndim != 4:

@@ -53,7 +53,20 @@ def normalize_rgb_uint8(rgb: np.ndarray) -> np.ndarray:
 
 
 def preprocess_s2_rgb(raw_chw: np.ndarray, img_size: int = 512) -> np.ndarray:
-    """Raw S2 SR (3, H, W) in B4, B3, B2 order -> float32 (3, img_size, img_size) model input."""
+    """Raw S2 SR -> model input, exactly as the adapter does (x/10000 clipped to 0..1, NaN -> 0, uint8 RGB,
+    Pillow bicubic resize, ImageNet normalisation).
+
+    Args:
+        raw_chw: Raw S2 SR reflectance (3, H, W), bands B4, B3, B2, 0..10000 scale.
+        img_size: Output side in pixels (default 512).
+
+    Returns:
+        float32 (3, img_size, img_size).
+
+    Raises:
+        ValueError: ``img_size`` < 1, or an array not (3, H, W) or empty.
+        TypeError: A non-numeric array.
+    """
     if int(img_size) < 1:
         raise ValueError(f"img_size must be positive, got {img_size}")
     raw = check_raw_chw(raw_chw)

@@ -56,7 +56,22 @@ def _float32_no_autocast(fn: ScanFn) -> ScanFn:
 @_float32_no_autocast
 def selective_scan_reference(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: torch.Tensor,
                              C: torch.Tensor, D: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """Sequential float32 scan, one step per token (the semantics of transformers' MambaMixer slow path)."""
+    """Sequential float32 scan, one step per token (the semantics of transformers' MambaMixer slow path).
+
+    Every backend (``ScanFn``) takes these arguments and returns the same result within float32 rounding.
+
+    Args:
+        u: Input (B, E, L).
+        delta: Step sizes (B, E, L), already softplus-ed.
+        A: State matrix (E, N), already ``-exp(A_log)``.
+        Bm: Input projection (B, L, N).
+        C: Output projection (B, L, N).
+        D: Skip weights (E,).
+        z: Gate (B, E, L), applied as ``silu(z)``.
+
+    Returns:
+        y (B, E, L) in u's dtype.
+    """
     dtype = u.dtype
     u, delta, A, Bm, C, D, z = (t.float() for t in (u, delta, A, Bm, C, D, z))
     batch, channels, length = u.shape
@@ -232,6 +247,17 @@ def resolve_scan(name: str = "reference", device: torch.device | str | None = No
     ``'auto'`` picks the fastest correct one for ``device`` (see ``auto_scan_name``); without a device it
     returns a dispatcher that decides per call from the tensors (``DynamicVisBackbone`` instead resolves
     ``'auto'`` at its first forward, which also gets it the fused CPU conv).
+
+    Args:
+        name: 'reference', 'chunked', 'cpu_fused', 'cuda', 'triton' or 'auto'.
+        device: The device the scan will run on (for 'auto').
+
+    Returns:
+        A ``ScanFn``: ``fn(u, delta, A, Bm, C, D, z) -> y`` (see ``selective_scan_reference``).
+
+    Raises:
+        ValueError: An unknown name.
+        RuntimeError: An optional backend that cannot load here (says why).
     """
     if name == "auto":
         if device is None:

@@ -36,6 +36,14 @@ DEFAULT_TEMPORAL_RANGE = ("2022-06-01", "2022-09-01")  # the adapter's window wh
 
 @dataclasses.dataclass(frozen=True)
 class PointBuffer:
+    """A square patch centred on a point.
+
+    Args:
+        lon: Longitude of the centre, degrees in [-180, 180].
+        lat: Latitude of the centre, degrees within the UTM latitudes [-80, 84].
+        buffer_m: Half the side of the square, ground metres (> 0).
+    """
+
     lon: float
     lat: float
     buffer_m: float
@@ -43,6 +51,15 @@ class PointBuffer:
 
 @dataclasses.dataclass(frozen=True)
 class BBox:
+    """A lon/lat box; the patch is the smallest pixel-snapped UTM rectangle that holds it.
+
+    Args:
+        minlon: West edge, degrees.
+        minlat: South edge, degrees.
+        maxlon: East edge, degrees (> minlon).
+        maxlat: North edge, degrees (> minlat).
+    """
+
     minlon: float
     minlat: float
     maxlon: float
@@ -52,7 +69,12 @@ class BBox:
 @dataclasses.dataclass(frozen=True)
 class TemporalSpec:
     """A time window [start, end) (end exclusive) for filtering and compositing; `mode` records how it was
-    given ('range' or 'year'). Without `temporal`, the API uses `DEFAULT_TEMPORAL_RANGE`, as the adapter did."""
+    given ('range' or 'year'). Without `temporal`, the API uses `DEFAULT_TEMPORAL_RANGE`, as the adapter did.
+    Build it with `TemporalSpec.range` or `TemporalSpec.year`.
+
+    Raises:
+        SpecError: `end` not after `start`, not dates, or a window ending before Sentinel-2 SR exists.
+    """
 
     start: dt.date
     end: dt.date  # exclusive
@@ -75,7 +97,18 @@ class TemporalSpec:
 
     @classmethod
     def range(cls, start: Union[str, dt.date], end: Union[str, dt.date]) -> "TemporalSpec":
-        """[start, end) from ISO dates 'YYYY-MM-DD' (end exclusive)."""
+        """[start, end) from ISO dates (end exclusive).
+
+        Args:
+            start: First day, 'YYYY-MM-DD' or a `datetime.date`.
+            end: Day after the last, 'YYYY-MM-DD' or a `datetime.date`.
+
+        Returns:
+            The TemporalSpec, mode 'range'.
+
+        Raises:
+            SpecError: A date that does not parse, or `end <= start`.
+        """
         from tiles.time_windows import parse_date
 
         def day(value, name: str) -> dt.date:
@@ -90,7 +123,17 @@ class TemporalSpec:
 
     @classmethod
     def year(cls, year: int) -> "TemporalSpec":
-        """The calendar year [YYYY-01-01, YYYY+1-01-01)."""
+        """The calendar year [YYYY-01-01, YYYY+1-01-01).
+
+        Args:
+            year: The year, an int such as 2022.
+
+        Returns:
+            The TemporalSpec, mode 'year'.
+
+        Raises:
+            SpecError: Not an integer year in [1, 9998].
+        """
         if isinstance(year, bool) or not isinstance(year, (int, np.integer)) or not 1 <= year <= 9998:
             raise SpecError(f"TemporalSpec.year({year!r}): expected a year such as 2022")
         return cls(dt.date(int(year), 1, 1), dt.date(int(year) + 1, 1, 1), "year")
@@ -113,6 +156,13 @@ class TemporalSpec:
 
 @dataclasses.dataclass(frozen=True)
 class OutputSpec:
+    """What the API returns: one pooled vector or the feature-map grid. Build it with `OutputSpec.pooled()` or
+    `OutputSpec.grid()`.
+
+    Raises:
+        SpecError: An unknown mode or pooling.
+    """
+
     mode: str = "pooled"  # 'pooled' | 'grid'
     pooling: str = "mean"  # for pooled: 'mean' | 'max' (recorded as 'featmap_mean' | 'featmap_max')
 
@@ -126,17 +176,41 @@ class OutputSpec:
 
     @classmethod
     def pooled(cls, pooling: str = "mean") -> "OutputSpec":
+        """One (D,) vector per patch.
+
+        Args:
+            pooling: 'mean' (default) or 'max' over the feature map.
+
+        Returns:
+            The OutputSpec, mode 'pooled'.
+        """
         return cls("pooled", pooling)
 
     @classmethod
     def grid(cls) -> "OutputSpec":
+        """The feature map itself: an `xarray.DataArray` (d, y, x) per patch.
+
+        Returns:
+            The OutputSpec, mode 'grid'.
+        """
         return cls("grid", "mean")
 
 
 @dataclasses.dataclass(frozen=True)
 class SensorSpec:
     """The card's sensor spec; its defaults are the only input the model serves: S2 SR harmonized, B4/B3/B2.
-    `scale_m`, `cloudy_pct` and `composite` may change; another collection or other bands are refused."""
+    `scale_m`, `cloudy_pct` and `composite` may change; another collection or other bands are refused.
+
+    Args:
+        collection: Must be 'COPERNICUS/S2_SR_HARMONIZED' (the default).
+        bands: Must be ('B4', 'B3', 'B2') (the default), in that order.
+        scale_m: Metres per fetched pixel (> 0, default 10).
+        cloudy_pct: Scenes with more cloud than this percentage are left out (0..100, default 30).
+        composite: How scenes are combined, one of `earth_engine.settings.COMPOSITES` (default 'median').
+
+    Raises:
+        SpecError: Another collection or other bands, or a value out of range.
+    """
 
     collection: str = S2_COLLECTION
     bands: Tuple[str, ...] = S2_RGB_BANDS
@@ -170,6 +244,15 @@ class SensorSpec:
 
 @dataclasses.dataclass
 class Embedding:
+    """One result of the API.
+
+    Args:
+        data: A (D,) float32 `np.ndarray` for `OutputSpec.pooled()`; for `OutputSpec.grid()` an
+            `xarray.DataArray` named 'embedding' with dims (d, y, x).
+        meta: The card's metadata keys (model, sensor, temporal, checkpoint, feature-map layout) and ours
+            (tile id, CRS, transform, n_scenes, valid_fraction, ...).
+    """
+
     data: Any  # np.ndarray (D,) for pooled, xarray.DataArray (D, H, W) for grid
     meta: Dict[str, Any]
 
@@ -374,8 +457,29 @@ def get_embeddings_batch(model: str = MODEL_ID, *, spatials: Sequence[Spatial],
                          backend: str = "auto", sensor: Optional[SensorSpec] = None, device: str = "auto",
                          ee_settings=None, model_config=None) -> List[Embedding]:
     """One Embedding per spatial spec, fetched together (super-tiles, `RS_EMBED_DYNAMICVIS_FETCH_WORKERS`
-    concurrent requests) and embedded in batches. Raises ProviderError naming the specs that could not be
-    fetched (e.g. no scenes in the window)."""
+    concurrent requests) and embedded in batches.
+
+    Args:
+        model: Must be 'dynamicvis'.
+        spatials: The patches, each a `PointBuffer` or `BBox`.
+        temporal: The time window; default `DEFAULT_TEMPORAL_RANGE` (2022-06-01 to 2022-09-01).
+        output: `OutputSpec.pooled()` (default) or `OutputSpec.grid()`.
+        backend: 'auto' or 'gee' (both Earth Engine).
+        sensor: The `SensorSpec`; default S2 SR harmonized B4/B3/B2 at 10 m.
+        device: 'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'; used only without `model_config`.
+        ee_settings: `earth_engine.EESettings` to connect with; default the connection this process already
+            made, else Application Default Credentials.
+        model_config: A `models.ModelConfig`; default `ModelConfig.from_env(device=device)`.
+
+    Returns:
+        One Embedding per spec, in the order given ([] for no specs).
+
+    Raises:
+        SpecError: A bad argument, before anything is fetched.
+        ProviderError: No connection to Earth Engine, or specs that could not be fetched (each named, e.g. no
+            scenes in the window).
+        ModelError: The model could not be configured or loaded.
+    """
     import earth_engine
 
     temporal, sensor = _check_request(model, backend, temporal, output, sensor)
@@ -403,7 +507,30 @@ def get_embedding(model: str = MODEL_ID, *, spatial: Optional[Spatial] = None,
                   temporal: Optional[TemporalSpec] = None, output: OutputSpec = OutputSpec.pooled(),
                   backend: str = "auto", sensor: Optional[SensorSpec] = None, device: str = "auto",
                   input_chw: Optional[np.ndarray] = None, ee_settings=None, model_config=None) -> Embedding:
-    """The embedding of one patch. With `input_chw` (raw S2 SR, (3, H, W) in B4,B3,B2 order) nothing is fetched."""
+    """The embedding of one patch. With `input_chw` nothing is fetched.
+
+    Args:
+        model: Must be 'dynamicvis'.
+        spatial: The patch, a `PointBuffer` or `BBox`; required unless `input_chw` is given (then it only
+            adds the chip's location to `meta`).
+        temporal: The time window; default `DEFAULT_TEMPORAL_RANGE` (2022-06-01 to 2022-09-01).
+        output: `OutputSpec.pooled()` (default) or `OutputSpec.grid()`.
+        backend: 'auto' or 'gee' (both Earth Engine).
+        sensor: The `SensorSpec`; default S2 SR harmonized B4/B3/B2 at 10 m.
+        device: 'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'; used only without `model_config`.
+        input_chw: Raw S2 SR reflectance, (3, H, W) in B4, B3, B2 order (0..10000 scale), instead of a fetch.
+        ee_settings: `earth_engine.EESettings` to connect with; default the connection this process already
+            made, else Application Default Credentials.
+        model_config: A `models.ModelConfig`; default `ModelConfig.from_env(device=device)`.
+
+    Returns:
+        The Embedding.
+
+    Raises:
+        SpecError: A bad argument (or `input_chw` of the wrong shape), before anything is fetched.
+        ProviderError: No connection to Earth Engine, or the patch could not be fetched.
+        ModelError: The model could not be configured or loaded.
+    """
     temporal, sensor = _check_request(model, backend, temporal, output, sensor)
     if input_chw is not None:
         from models.preprocess import check_raw_chw  # the message names the caller's (3, H, W) array

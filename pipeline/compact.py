@@ -217,7 +217,17 @@ def _finish_earlier_passes(output: str, files: List[str]) -> List[str]:
 
 def compact(output: str, shard_rows: int = SHARD_ROWS, row_group_rows: int = ROW_GROUP_ROWS,
             max_rows_per_pass: int = MAX_ROWS_PER_PASS) -> List[str]:
-    """Compact `output` (local directory or gs:// prefix); returns the shards written."""
+    """Compact `output` in passes (see the module docstring); safe to rerun after a kill.
+
+    Args:
+        output: The pipeline's --output, a local directory or gs:// prefix; no job may be writing to it.
+        shard_rows: Rows per shard (default 131 072).
+        row_group_rows: Rows per Parquet row group (default 16 384).
+        max_rows_per_pass: Rows of incremental files held in memory per pass (default 262 144).
+
+    Returns:
+        The paths of the shards written (empty when there was nothing to compact).
+    """
     from transforms.durable_write import embedding_files
 
     todo = sorted(_finish_earlier_passes(output, embedding_files(output)))

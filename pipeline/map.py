@@ -53,7 +53,17 @@ class Basis:
         return (np.asarray(vectors, np.float64) - self.mean) @ self.components.T
 
     def rgb(self, vectors: np.ndarray) -> np.ndarray:
-        """(..., D) embeddings -> (..., 3) uint8."""
+        """Colour embeddings.
+
+        Args:
+            vectors: Embeddings (..., D).
+
+        Returns:
+            (..., 3) uint8 RGB: components 1-3 scaled from [lo, hi] to 0..255, clipped.
+
+        Raises:
+            InputError: D differs from the basis's.
+        """
         vectors = np.asarray(vectors)
         if vectors.shape[-1] != self.dim:
             raise InputError(f"embeddings have length {vectors.shape[-1]} but the colour basis was fitted on "
@@ -79,7 +89,18 @@ class Basis:
 def fit_basis(vectors: np.ndarray, n_rows: Optional[int] = None) -> Basis:
     """PCA of `vectors` (n, D): the first three axes (zero-padded when fewer exist), signs fixed.
 
-    From the D x D covariance (eigh), which is much faster than an SVD of the n x D sample for n >> D."""
+    From the D x D covariance (eigh), which is much faster than an SVD of the n x D sample for n >> D.
+
+    Args:
+        vectors: The sample of embeddings (n, D).
+        n_rows: Rows the sample was drawn from (recorded in the basis); default n.
+
+    Returns:
+        The Basis, its colour range the 1st..99th percentiles of the sample's scores.
+
+    Raises:
+        InputError: No vectors.
+    """
     x = np.asarray(vectors, np.float64)
     if x.ndim != 2 or not len(x):
         raise InputError("no embeddings to fit the colour basis on")
@@ -100,7 +121,17 @@ def fit_basis(vectors: np.ndarray, n_rows: Optional[int] = None) -> Basis:
 
 def sample_embeddings(files: Sequence[str], size: int = SAMPLE_SIZE, seed: int = 0,
                       batch_rows: int = sample_lib.BATCH_ROWS) -> sample_lib.Reservoir:
-    """A uniform sample of at most `size` pooled embeddings over all rows, streamed (memory: size + a batch)."""
+    """A uniform sample of at most `size` pooled embeddings over all rows, streamed (memory: size + a batch).
+
+    Args:
+        files: The run's embedding files.
+        size: Most embeddings kept (default 20 000).
+        seed: Random seed of the reservoir.
+        batch_rows: Rows read at a time.
+
+    Returns:
+        The Reservoir: `.vectors` (n, D) and `.seen` (rows read).
+    """
     reservoir = sample_lib.Reservoir(size, seed)
     for batch in sample_lib.iter_batches(files, ["embedding"], batch_rows):
         reservoir.add(sample_lib.vectors(batch.column("embedding")))
@@ -108,7 +139,20 @@ def sample_embeddings(files: Sequence[str], size: int = SAMPLE_SIZE, seed: int =
 
 
 def load_or_fit_basis(files: Sequence[str], path: str, refit: bool = False, size: int = SAMPLE_SIZE) -> Basis:
-    """The basis at `path`, or one fitted on a sample of `files` and saved there."""
+    """The basis at `path`, or one fitted on a sample of `files` and saved there.
+
+    Args:
+        files: The run's embedding files.
+        path: The basis JSON to read, or to write when missing.
+        refit: Fit and overwrite even if `path` exists.
+        size: Embeddings sampled for the fit (default 20 000).
+
+    Returns:
+        The Basis.
+
+    Raises:
+        InputError: `path` is not a colour basis, or there are no embeddings to fit on.
+    """
     if os.path.exists(path) and not refit:
         with open(path, encoding="utf-8") as handle:
             return Basis.from_json(json.load(handle))
@@ -190,7 +234,20 @@ def has_cells(files: Sequence[str]) -> bool:
 
 
 def draw(files: Sequence[str], basis: Basis, window: Window, cells: bool = False) -> Dict[int, ZoneRaster]:
-    """Per UTM zone, the tiles of `window` coloured by `basis`: one pixel per tile, or its feature cells."""
+    """Per UTM zone, the tiles of `window` coloured by `basis`: one pixel per tile, or its feature cells.
+
+    Args:
+        files: The run's embedding files.
+        basis: The colour basis.
+        window: The time window to draw.
+        cells: Draw each tile's last-stage feature cells (runs written with --grid) instead of one pixel.
+
+    Returns:
+        {EPSG: ZoneRaster}.
+
+    Raises:
+        InputError: No rows in `window`, tiles of several sizes in one zone, or unequal or non-square grids.
+    """
     extents = zone_extents(files, window)
     if not extents:
         raise InputError(f"no rows in window {window}")
@@ -248,7 +305,15 @@ def geotiff_paths(path: str, epsgs: Sequence[int]) -> Dict[int, str]:
 
 
 def write_geotiffs(rasters: Dict[int, ZoneRaster], path: str) -> List[str]:
-    """A cloud-optimised RGBA GeoTIFF per zone, in the zone's UTM CRS; returns the paths."""
+    """A cloud-optimised RGBA GeoTIFF per zone, in the zone's UTM CRS.
+
+    Args:
+        rasters: {EPSG: ZoneRaster} from `draw`.
+        path: The GeoTIFF; with several zones `<stem>-<epsg><ext>` each.
+
+    Returns:
+        The paths written.
+    """
     import rasterio
     from rasterio.enums import ColorInterp
 
@@ -278,7 +343,14 @@ class Mosaic:
 
 def mosaic(rasters: Dict[int, ZoneRaster]) -> Mosaic:
     """One picture of all zones: the zone itself if there is one, else all warped (nearest) onto an
-    equidistant cylindrical grid true to scale at the run's centre latitude."""
+    equidistant cylindrical grid true to scale at the run's centre latitude.
+
+    Args:
+        rasters: {EPSG: ZoneRaster} from `draw`.
+
+    Returns:
+        The Mosaic (RGBA, CRS, transform, metres per pixel, lon/lat bounds).
+    """
     from rasterio.warp import Resampling, reproject, transform_bounds
 
     bounds = []
@@ -324,7 +396,16 @@ def _metres(value: float) -> str:
 
 def write_png(rasters: Dict[int, ZoneRaster], path: str, window: Window) -> str:
     """Quick-look PNG: the mosaic (enlarged or shrunk by whole steps) over a footer with a scale bar,
-    the extent, the window and the zones."""
+    the extent, the window and the zones.
+
+    Args:
+        rasters: {EPSG: ZoneRaster} from `draw`.
+        path: The PNG to write.
+        window: The time window drawn (shown in the footer).
+
+    Returns:
+        `path`.
+    """
     from PIL import Image, ImageDraw, ImageFont
 
     whole = mosaic(rasters)
@@ -381,6 +462,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """`python -m pipeline.map` (see `parser` for the flags); prints the files written.
+
+    Args:
+        argv: The arguments; default sys.argv[1:].
+
+    Returns:
+        0, or 2 after an `error: ...` line on stderr for bad input.
+    """
     args = parser().parse_args(argv)
     try:
         if args.sample_size < 3:

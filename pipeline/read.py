@@ -26,8 +26,16 @@ def read_embeddings(path: str, columns: Optional[Sequence[str]] = None) -> pa.Ta
     key: `embeddings-*.parquet` files only (never temporary files, dead letters or the manifest).
 
     Where a key is in several files (a batch retried with a different grouping, two jobs writing to one
-    output) the row of the first file in name order is kept. `columns` limits what is read (the key columns
-    are always read)."""
+    output) the row of the first file in name order is kept.
+
+    Args:
+        path: The output, a local directory or gs:// prefix.
+        columns: Only these columns (the key columns are always read); default all.
+
+    Returns:
+        A pyarrow Table in the output schema (`transforms.schema`), one row per key; empty (with the schema)
+        when `path` holds no embedding files.
+    """
     from transforms.durable_write import embedding_files, open_parquet
 
     files = embedding_files(path)

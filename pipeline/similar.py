@@ -25,6 +25,8 @@ MEMORY_LIMIT = "512MB"
 
 @dataclasses.dataclass(frozen=True)
 class Hit:
+    """One neighbour: its rank (1 = best), cosine similarity, key, tile centre (degrees) and WKB footprint."""
+
     rank: int
     cosine: float
     tile_id: str
@@ -58,7 +60,20 @@ def _window_clause(window: Optional[sample_lib.Window]) -> Tuple[str, list]:
 
 def query_vector(files: Sequence[str], tile_id: str, window: Optional[sample_lib.Window] = None,
                  connection=None) -> Tuple[np.ndarray, sample_lib.Window]:
-    """The embedding of `tile_id` (in `window`, needed when the tile has several) and its window."""
+    """The embedding of `tile_id` (in `window`, needed when the tile has several) and its window.
+
+    Args:
+        files: The run's embedding files.
+        tile_id: The query tile.
+        window: Its time window; needed only when the tile has rows in several.
+        connection: A DuckDB connection to reuse; default a new one.
+
+    Returns:
+        (embedding float32 (D,), its Window).
+
+    Raises:
+        InputError: No such tile (in `window`), or rows in several windows and no `window`.
+    """
     connection = connection or _connect()
     where, params = _window_clause(window)
     rows = connection.execute(
@@ -77,7 +92,21 @@ def query_vector(files: Sequence[str], tile_id: str, window: Optional[sample_lib
 
 
 def tile_at(files: Sequence[str], lon: float, lat: float, connection=None) -> str:
-    """The id of the run's tile that contains (lon, lat): computed on the run's grid, then checked to exist."""
+    """The id of the run's tile that contains (lon, lat): computed on the run's grid, then checked to exist.
+
+    Args:
+        files: The run's embedding files.
+        lon: Longitude, degrees.
+        lat: Latitude, degrees.
+        connection: A DuckDB connection to reuse; default a new one.
+
+    Returns:
+        The tile id.
+
+    Raises:
+        InputError: No tile of the run covers the point (the message gives the run's extent), or tiles of
+            several grids do.
+    """
     from tiles.grid import tile_containing
 
     connection = connection or _connect()
@@ -103,6 +132,19 @@ def nearest(files: Sequence[str], vector: np.ndarray, k: int = 20, window: Optio
 
     A top-n scan keeps `fetch` rows; should duplicate keys leave fewer than `k` distinct ones, the scan is
     repeated with twice as many (duplicates are rare, so once is the rule).
+
+    Args:
+        files: The run's embedding files.
+        vector: The query embedding (D,).
+        k: Number of hits (default 20); the query tile itself is among them.
+        window: Search only this time window; default every row.
+        connection: A DuckDB connection to reuse; default a new one.
+
+    Returns:
+        Up to `k` Hits, best first (ties by tile id, then start date).
+
+    Raises:
+        InputError: `k` < 1.
     """
     if k < 1:
         raise InputError(f"--k must be >= 1, got {k}")
@@ -131,6 +173,7 @@ def nearest(files: Sequence[str], vector: np.ndarray, k: int = 20, window: Optio
 
 
 def table(hits: Sequence[Hit]) -> str:
+    """The hits as a fixed-width text table (rank, cosine, tile_id, window, lon, lat)."""
     lines = [f"{'rank':>4}  {'cosine':>8}  {'tile_id':<28}  {'window':<22}  {'lon':>10}  {'lat':>9}"]
     lines += [f"{h.rank:>4}  {h.cosine:8.5f}  {h.tile_id:<28}  {str(sample_lib.Window(h.start_date, h.end_date)):<22}"
               f"  {h.lon:10.5f}  {h.lat:9.5f}" for h in hits]
@@ -154,6 +197,12 @@ def bigquery_sql(table_id: str) -> str:
 
     Parameters: @tile_id STRING, @start_date DATE (the query row's window), @k INT64. COSINE_DISTANCE is
     exact (a full scan, like the DuckDB search); for tables with a vector index see VECTOR_SEARCH in the docs.
+
+    Args:
+        table_id: The table, `project.dataset.table`.
+
+    Returns:
+        The SQL text.
     """
     return (f"WITH query AS (\n"
             f"  SELECT ANY_VALUE(embedding) AS embedding FROM `{table_id}`\n"
@@ -190,6 +239,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """`python -m pipeline.similar` (see `parser` for the flags); prints the hits as a table.
+
+    Args:
+        argv: The arguments; default sys.argv[1:].
+
+    Returns:
+        0, or 2 after an `error: ...` line on stderr for bad input.
+    """
     args = parser().parse_args(argv)
     try:
         files = sample_lib.shard_files(args.input)

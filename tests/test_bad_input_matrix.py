@@ -6,7 +6,8 @@ Each CLI case runs `pipeline.run.launch(argv)` (what `python -m pipeline` calls)
   request and nothing was written under --output.
 `input_chw` arrays go through the embedder (`models.DynamicVisEmbedder.embed`), the Python API's model path.
 Library-level edge cases of each parser live in tests/test_tiles_*.py and tests/test_model_checkpoint.py;
-this file checks that each kind reaches the user as a clear message, fast.
+this file checks that each kind reaches the user as a clear message, fast. The quick cases first need no
+fake Earth Engine: only that validation stops before a pipeline is built.
 """
 from __future__ import annotations
 
@@ -18,7 +19,10 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.run import launch
+
 BBOX = "8.0,47.0,8.003,47.002"
+TIME = ["--start", "2024-06-01", "--end", "2024-07-01"]
 BOWTIE = {"type": "Polygon", "coordinates": [[[0, 0], [2, 2], [2, 0], [0, 2], [0, 0]]]}
 
 
@@ -86,6 +90,59 @@ def _write(path, content):
 def _assert_nothing_written(output):
     leftovers = [os.path.join(d, f) for d, _, files in os.walk(output) for f in files] if os.path.isdir(output) else []
     assert not [f for f in leftovers if "embeddings-" in f or "beam-temp" in f or f.endswith(".jsonl")], leftovers
+
+
+# ------------------------------------------------------------------------------ quick cases, no fake EE
+
+@pytest.fixture
+def no_pipeline(monkeypatch):
+    """Any attempt to build a pipeline fails the test: validation must stop first."""
+    import pipeline.run as cli
+
+    def forbidden(*_args, **_kwargs):
+        raise AssertionError("a pipeline was started")
+
+    monkeypatch.setattr(cli, "run", forbidden)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--bbox", "8,47.1,8.1,47.0", *TIME], "S"),                                  # south >= north
+    (["--bbox", "8,47,8,47.1", *TIME], "W"),                                      # zero width
+    (["--bbox", "8,95,9,96", *TIME], "lat"),                                      # latitude out of range
+    (["--bbox", "190,40,191,41", *TIME], "lon"),                                  # longitude out of range
+    (["--bbox", "8,47,8.1,47.1", "--start", "2024-07-01", "--end", "2024-06-01"], "--end"),
+    (["--bbox", "8,47,8.1,47.1", "--start", "2024-06-01"], "--end"),
+    (["--bbox", "8,47,8.1,47.1", *TIME, "--frobnicate", "3"], "unknown option"),
+    ([*TIME], "region is required"),
+    (["--geojson", "/nonexistent/area.geojson", *TIME], "area.geojson"),
+    (["--bbox", "8,47,8.1,47.1", *TIME, "--img-size", "50"], "img_size"),
+    (["--bbox", "8,47,8.1,47.1", *TIME, "--checkpoint", "hf://only-repo"], "hf://OWNER/REPO/FILE"),
+    (["--bbox", "8,47,8.1,47.1", *TIME, "--bigquery-table", "not a table"], "PROJECT:DATASET.TABLE"),
+    (["--bbox", "8,47,8.1,47.1", *TIME, "--min-batch-size", "8", "--max-batch-size", "4"], "--max-batch-size"),
+])
+def test_bad_input_fails_before_the_pipeline_with_a_fix(argv, message, tmp_path, capsys, no_pipeline):
+    assert launch([*argv, "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message.lower() in err.lower(), err
+
+
+def test_empty_geojson_region_is_refused(tmp_path, capsys, no_pipeline):
+    path = tmp_path / "empty.geojson"
+    path.write_text('{"type": "FeatureCollection", "features": []}')
+    assert launch(["--geojson", str(path), *TIME, "--output", str(tmp_path / "o")]) == 2
+    assert "empty.geojson" in capsys.readouterr().err
+
+
+def test_unreadable_geojson_is_refused(tmp_path, capsys, no_pipeline):
+    path = tmp_path / "broken.geojson"
+    path.write_text("{not json")
+    assert launch(["--geojson", str(path), *TIME, "--output", str(tmp_path / "o")]) == 2
+    assert "broken.geojson" in capsys.readouterr().err
+
+
+def test_output_is_required_unless_dry_run(capsys, no_pipeline):
+    assert launch(["--bbox", "8,47,8.1,47.1", *TIME]) == 2
+    assert "--output" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------------- regions

@@ -13,7 +13,12 @@ LOGGER = logging.getLogger(__name__)
 
 
 class WriteBigQueryRows(beam.PTransform):
-    """Row dicts -> BigQuery with file loads, explicit schema, partitioned by start_date, clustered by tile_id."""
+    """Row dicts -> BigQuery with file loads, explicit schema, partitioned by start_date, clustered by tile_id.
+
+    Args:
+        table: 'PROJECT:DATASET.TABLE' (created if missing, appended to).
+        custom_gcs_temp_location: gs:// prefix for the load files; default the pipeline's temp_location.
+    """
 
     def __init__(self, table: str, custom_gcs_temp_location: Optional[str] = None) -> None:
         super().__init__()
@@ -84,7 +89,11 @@ def bigquery_keys(table: str) -> Iterator[str]:
 
 class ReadExistingBigQueryKeys(beam.PTransform):
     """Keys (tile + window) of the rows already in a BigQuery table, listed on a worker (tabledata.list of the
-    three key columns); a table that does not exist yet has none."""
+    three key columns); a table that does not exist yet has none.
+
+    Args:
+        table: 'PROJECT:DATASET.TABLE'.
+    """
 
     def __init__(self, table: str) -> None:
         super().__init__()

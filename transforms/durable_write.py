@@ -217,7 +217,15 @@ class _WriteDeadLetterFiles(_BufferedFiles):
 
 
 class WriteEmbeddingFiles(beam.PTransform):
-    """Row dicts -> `<output>/embeddings-<hash>.parquet`, a file per batch; outputs WrittenFiles."""
+    """Row dicts -> `<output>/embeddings-<hash>.parquet`, a file per batch; outputs WrittenFiles.
+
+    Args:
+        output: The run's --output, a local directory or gs:// prefix.
+        grid: Rows carry feature grids (the schema's `grid` columns).
+        run_config: The run's settings, recorded in each file's metadata.
+        max_rows: Rows per file at most (>= 1).
+        max_age_s: A buffered row waits at most about this long before its file is written (default 60 s).
+    """
 
     def __init__(self, output: str, grid: bool, run_config: Mapping[str, Any], max_rows: int,
                  max_age_s: float = FLUSH_INTERVAL_S) -> None:
@@ -229,7 +237,13 @@ class WriteEmbeddingFiles(beam.PTransform):
 
 
 class WriteDeadLetters(beam.PTransform):
-    """DeadLetters -> `<output>/failed/dead-letters-<hash>.jsonl`, a file per batch; outputs WrittenFiles."""
+    """DeadLetters -> `<output>/failed/dead-letters-<hash>.jsonl`, a file per batch; outputs WrittenFiles.
+
+    Args:
+        output: The run's --output, a local directory or gs:// prefix.
+        max_rows: Dead letters per file at most (>= 1).
+        max_age_s: A buffered letter waits at most about this long before its file is written (default 60 s).
+    """
 
     def __init__(self, output: str, max_rows: int, max_age_s: float = FLUSH_INTERVAL_S) -> None:
         super().__init__()

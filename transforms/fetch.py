@@ -61,7 +61,12 @@ class _FetchBlocksDoFn(beam.DoFn):
 
 
 class FetchTiles(beam.PTransform):
-    """PCollection[TileRequest] -> tagged result: main ``TilePixels``, ``'dead_letter'`` DeadLetter."""
+    """PCollection[TileRequest] -> tagged result: main ``TilePixels``, ``'dead_letter'`` DeadLetter.
+
+    Args:
+        s2: What to fetch and how (collection, bands, cloud filter and mask, composite, request size, concurrency).
+        ee_settings: How each worker connects to Earth Engine (project, credentials, endpoint).
+    """
 
     def __init__(self, s2: earth_engine.S2Settings, ee_settings: earth_engine.EESettings):
         super().__init__()

@@ -106,7 +106,21 @@ class EmbedderService:
 
 
 class DynamicVisModelHandler(ModelHandler[np.ndarray, TileEmbedding, EmbedderService]):
-    """Unkeyed handler of raw Sentinel-2 CHW arrays (B4,B3,B2 surface reflectance); `.keyed()` for pairs."""
+    """Unkeyed handler of raw Sentinel-2 CHW arrays (B4,B3,B2 surface reflectance); `.keyed()` for pairs.
+
+    Args:
+        config: The `models.ModelConfig` each worker builds its embedder from.
+        pooling: 'mean' (default) or 'max'.
+        grid: Also return each tile's last-stage feature grid.
+        min_batch_size: Smallest RunInference batch (default 1).
+        max_batch_size: Largest batch; default `default_max_batch_size` (sized from the GPU's memory, 16 on CPU).
+        share_across_processes: One model per worker machine, shared by its SDK processes (default True).
+        gpu: Accelerator type (e.g. 'nvidia-l4') or Dataflow's full accelerator string; sets the resource hint.
+        max_batch_duration_secs: Longest wait to fill a batch (streaming); default Beam's.
+
+    Raises:
+        ValueError: An unknown pooling, or not 1 <= min_batch_size <= max_batch_size.
+    """
 
     def __init__(self, config, pooling: str = "mean", grid: bool = False, *, min_batch_size: int = 1,
                  max_batch_size: Optional[int] = None, share_across_processes: bool = True,

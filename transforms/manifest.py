@@ -39,6 +39,11 @@ class WriteManifest(beam.PTransform):
     dicts (one is kept); 'embedding_files' and 'dead_letter_files' are the (path, rows) the durable writers
     output: their rows are the durable counts (`rows_written`, `dead_letters`), and waiting for them makes
     the manifest the last thing written.
+
+    Args:
+        output: The run's --output, a local directory or gs:// prefix.
+        base: The run's recorded settings, the manifest's first keys.
+        counted: Names of the input PCollections whose elements are counted.
     """
 
     def __init__(self, output: str, base: Mapping[str, Any], counted: List[str]) -> None:

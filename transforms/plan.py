@@ -69,7 +69,21 @@ class PlanSettings:
 
 
 class PlanTiles(beam.PTransform):
-    """PBegin -> PCollection[TileRequest]: every (request id, tile, window) once, packed into request blocks."""
+    """PBegin -> PCollection[TileRequest]: every (request id, tile, window) once, packed into request blocks.
+
+    Args:
+        regions: The regions to embed.
+        windows: Their time windows (each region in every window).
+        tile_px: Tile side in pixels (default 512).
+        scale_m: Metres per pixel (default 10).
+        target_tiles: About this many tiles per plan shard, the unit of parallel planning (default 1024).
+        label: The transform's label.
+        s2: The Sentinel-2 settings requests are packed for; default `S2Settings()`.
+        points_mode: 'chip' (default: one chip centred on each point) or 'grid' (the grid tiles it touches).
+
+    Raises:
+        InputError: Bad regions or windows, here at construction (on the launcher).
+    """
 
     def __init__(self, regions: Sequence[Region], windows: Sequence[TimeWindow], tile_px: int = DEFAULT_TILE_PX,
                  scale_m: float = DEFAULT_SCALE_M, target_tiles: int = DEFAULT_TARGET_TILES,

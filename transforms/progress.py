@@ -91,7 +91,16 @@ def _is_terminal(stream) -> bool:
 
 
 class CountProgress(beam.DoFn):
-    """Pass-through that counts elements as done (rows) or failed (dead letters) and logs periodically."""
+    """Pass-through that counts elements as done (rows) or failed (dead letters) and logs periodically.
+
+    Args:
+        counter: One of DONE, FAILED, SKIPPED, PLANNED.
+        total: Planned tiles, for a percentage and an ETA; default unknown.
+        interval_s: Seconds between log lines (default 30).
+
+    Raises:
+        ValueError: An unknown counter.
+    """
 
     def __init__(self, counter: str, total: Optional[int] = None, interval_s: float = 30.0) -> None:
         if counter not in (DONE, FAILED, SKIPPED, PLANNED):

@@ -17,7 +17,12 @@ KEY_COLUMNS = ("tile_id", "start_date", "end_date")  # what identifies a row: ti
 
 
 class ToRows(beam.DoFn):
-    """(TileMeta, PredictionResult[TileEmbedding]) -> output row dict, or a DeadLetter (stage 'inference')."""
+    """(TileMeta, PredictionResult[TileEmbedding]) -> output row dict, or a DeadLetter (stage 'inference').
+
+    Args:
+        run: The per-run values every row carries.
+        grid: Also write each tile's feature grid.
+    """
 
     def __init__(self, run: schema.RunInfo, grid: bool = False) -> None:
         self._run = run

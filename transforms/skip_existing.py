@@ -34,7 +34,11 @@ def _keys_of_file(path: str) -> Iterator[str]:
 
 class ReadExistingKeys(beam.PTransform):
     """Keys (tile + window) of the rows in the given Parquet files; reads only the three key columns, one
-    record batch at a time (memory bounded by the batch, whatever the number of rows)."""
+    record batch at a time (memory bounded by the batch, whatever the number of rows).
+
+    Args:
+        files: Parquet files (local or gs://), e.g. `embedding_files(output)`.
+    """
 
     def __init__(self, files: List[str]) -> None:
         super().__init__()
@@ -63,6 +67,11 @@ class Without(beam.PTransform):
     A CoGroupByKey anti-join: scales with the data (no side input held in memory) and also removes duplicate
     items (e.g. requests of overlapping regions; among duplicates the least `order_fn(item)` is kept, else
     any). Outputs KEPT_TAG (the kept items) and SKIPPED_TAG (one key per key found in `keys`).
+
+    Args:
+        keys: PCollection of keys to drop; default none (only duplicates are removed).
+        key_fn: item -> key; default `key_of_row`.
+        order_fn: item -> sort key choosing which duplicate is kept; default any.
     """
 
     KEPT_TAG = "kept"
@@ -102,7 +111,11 @@ class _KeepMissing(beam.DoFn):
 
 class DropExisting(Without):
     """TileRequests minus those whose key is in `existing_keys`, one request per key (the least request_id
-    among overlapping regions). Outputs KEPT_TAG (requests to fetch) and SKIPPED_TAG (keys skipped)."""
+    among overlapping regions). Outputs KEPT_TAG (requests to fetch) and SKIPPED_TAG (keys skipped).
+
+    Args:
+        existing_keys: PCollection of keys already in the outputs; default none.
+    """
 
     def __init__(self, existing_keys=None) -> None:
         super().__init__(existing_keys, key_fn=_key_of_request, order_fn=_request_order)
@@ -133,7 +146,11 @@ def _log_plan(_, fetching: int, skipped: int, planned: int) -> None:
 
 class LogResumePlan(beam.PTransform):
     """Applied to (to_fetch, skipped): logs once how many planned tiles are already there and how many are
-    fetched (after the anti-join, before the first fetch completes on batch runners)."""
+    fetched (after the anti-join, before the first fetch completes on batch runners).
+
+    Args:
+        planned: Tiles planned in all.
+    """
 
     def __init__(self, planned: int) -> None:
         super().__init__()

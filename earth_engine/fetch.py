@@ -84,7 +84,7 @@ class Fetcher:
     def _result(self, request: TileRequest, parts: List[Tuple[Block, "Outcome"]], note: str) -> Result:
         """Stitch the request's pixels from its block(s), or its dead letter."""
         attempts = max(outcome[2] for _, outcome in parts)
-        for block, (_, error, tries) in parts:
+        for _block, (_, error, tries) in parts:
             if error is not None:
                 self.metrics.inc(m.TILES_DEAD)
                 return DeadLetter.for_request(request, STAGE, (str(error) or repr(error)) + note, tries,

@@ -67,7 +67,8 @@ def pieces(box: Box, max_px: int, max_side: int = COMPUTE_PIXELS_MAX_SIDE_PX) ->
     return out
 
 
-def window_shapes(width: int, height: int, max_px: int, max_side: int = COMPUTE_PIXELS_MAX_SIDE_PX) -> List[Tuple[int, int]]:
+def window_shapes(width: int, height: int, max_px: int,
+                  max_side: int = COMPUTE_PIXELS_MAX_SIDE_PX) -> List[Tuple[int, int]]:
     """Candidate (W, H) packing windows for boxes of this size: the squarest (``window_shape``) and the
     other maximal whole-box shapes up to an aspect ratio of 4, squarest first."""
     square = window_shape(width, height, max_px, max_side)

@@ -19,12 +19,15 @@ import functools
 import logging
 import math
 import numbers
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from pipeline.errors import ModelError, ProviderError, SpecError
 from tiles.records import DeadLetter, Tile, TileRequest, TimeWindow
+
+if TYPE_CHECKING:
+    import tiles.records
 
 LOGGER = logging.getLogger("dynamicvis")
 MODEL_ID = "dynamicvis"

@@ -29,7 +29,8 @@ def run_info(spec: RunSpec) -> schema.RunInfo:
     from pipeline import __version__
 
     return schema.RunInfo(pipeline_version=__version__, composite=spec.s2.composite,
-                          cloudy_pct=float(spec.s2.cloudy_pct), pooling=spec.inference.pooling, created_at=spec.created_at)
+                          cloudy_pct=float(spec.s2.cloudy_pct), pooling=spec.inference.pooling,
+                          created_at=spec.created_at)
 
 
 def run_configuration(spec: RunSpec) -> dict:

@@ -143,7 +143,8 @@ def check_credentials(spec: RunSpec) -> None:
 
 def runs_locally(options: PipelineOptions) -> bool:
     """Whether the workers share this machine's file system (DirectRunner and friends)."""
-    return runner_name(options).split(".")[-1] in ("DirectRunner", "PrismRunner", "InteractiveRunner", "SwitchingDirectRunner")
+    return runner_name(options).split(".")[-1] in ("DirectRunner", "PrismRunner", "InteractiveRunner",
+                                                   "SwitchingDirectRunner")
 
 
 def check_model(spec: RunSpec, options: PipelineOptions) -> None:

@@ -174,7 +174,7 @@ class DynamicVisModelHandler(ModelHandler[np.ndarray, TileEmbedding, EmbedderSer
     def _embed_group(self, examples: Sequence[np.ndarray], model: EmbedderService) -> list:
         try:
             return self._split(model.embed(np.stack(examples), self._pooling, self._grid), len(examples))
-        except Exception as error:  # pylint: disable=broad-except
+        except Exception as error:  # noqa: BLE001
             if len(examples) == 1:
                 return [self._failure(error, attempts=1)]
             LOGGER.warning("inference of a batch of %d failed (%s: %s); retrying tile by tile",
@@ -183,7 +183,7 @@ class DynamicVisModelHandler(ModelHandler[np.ndarray, TileEmbedding, EmbedderSer
         for example in examples:
             try:
                 results.extend(self._split(model.embed(np.stack([example]), self._pooling, self._grid), 1))
-            except Exception as error:  # pylint: disable=broad-except
+            except Exception as error:  # noqa: BLE001
                 results.append(self._failure(error, attempts=2))
         return results
 

@@ -35,7 +35,7 @@ class ToRows(beam.DoFn):
         try:
             yield schema.encode_row(meta, result.embedding, result.metadata or {}, self._run,
                                     grid=result.grid if self._grid else None)
-        except Exception as error:  # pylint: disable=broad-except
+        except Exception as error:  # noqa: BLE001
             yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter.for_request(meta.request, "encode", error))
 
 

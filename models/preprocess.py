@@ -47,7 +47,7 @@ def resize_rgb_uint8(rgb: np.ndarray, img_size: int) -> np.ndarray:
     from PIL import Image   # here, so the package imports with torch and numpy alone (benchmarks/gpu_check.sh)
 
     resized = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).resize((img_size, img_size),
-                                                                             resample=Image.BICUBIC)
+                                                                             resample=Image.Resampling.BICUBIC)
     return np.asarray(resized)
 
 

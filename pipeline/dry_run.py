@@ -91,7 +91,7 @@ class Plan:
             "latency_measured": self.calibration is not None,
             "seconds_at_latency": round(fetch.seconds_at_latency, 1),
             "cost_usd_fetch_cpu": round(self.cost_usd(), 2),
-            "embed_s_one_process": None if self.embed_s() is None else round(self.embed_s(), 1),
+            "embed_s_one_process": None if (embed_s := self.embed_s()) is None else round(embed_s, 1),
             "wall_s": round(self.wall_s(), 1),
             "planning_s": round(self.planning_s, 3),
         }
@@ -169,7 +169,7 @@ def sample_blocks(spec: RunSpec, n: int) -> List[list]:
 
     shards = PlanTiles.from_settings(spec.plan, spec.s2).shards
     window = check_windows(spec.plan.windows)[:1]
-    blocks: Dict[str, list] = {}
+    blocks: Dict[Optional[str], list] = {}
     for shard in shards:
         for request in expand_and_pack(shard, window, spec.s2):
             blocks.setdefault(request.block, []).append(request)

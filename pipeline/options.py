@@ -297,7 +297,7 @@ def _all_options_parser() -> argparse.ArgumentParser:
     from apache_beam.options.pipeline_options import _BeamArgumentParser  # noqa: SLF001
 
     parser = _BeamArgumentParser(allow_abbrev=False)
-    seen = {}
+    seen: Dict[str, type] = {}
     for cls in PipelineOptions.__subclasses__():
         seen.setdefault(str(cls), cls)
     for cls in seen.values():

@@ -260,12 +260,12 @@ def main(argv: list[str] | None = None) -> int:
         reset_peak_memory(device)
         if device.type == "cuda" and path.batch > len(tiles):
             bench_tiles = tiles_for[path.batch]
-            tps, _ = time_path(lambda x: pooled(module, x, path.precision, device), bench_tiles, path.batch,
-                               args.reps, device)
+            tps, _ = time_path(lambda x, module=module, path=path: pooled(module, x, path.precision, device),
+                               bench_tiles, path.batch, args.reps, device)
             rows.append(Result(path.label, tps, None, None, peak_memory_mib(device)))
         else:
-            tps, out = time_path(lambda x: pooled(module, x, path.precision, device), tiles, path.batch,
-                                 args.reps, device)
+            tps, out = time_path(lambda x, module=module, path=path: pooled(module, x, path.precision, device),
+                                 tiles, path.batch, args.reps, device)
             rel, cos = compare(out, base_pooled)
             rows.append(Result(path.label, tps, rel, cos, peak_memory_mib(device)))
         print_table(rows[-1:], base_tps, "")

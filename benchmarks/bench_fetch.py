@@ -150,7 +150,8 @@ def main(argv=None) -> int:
           f"{'after req/tile':>14} {'bad':>4}")
     table = packing_table(s2)
     for tile_px, kind, n, old_rpt, old_bad, old_lost, new_rpt, new_bad in table:
-        print(f"{tile_px:7d} {kind:8} {n:5d} | {old_rpt:15.4f} {old_bad:4d} {old_lost:5d} | {new_rpt:14.4f} {new_bad:4d}")
+        print(f"{tile_px:7d} {kind:8} {n:5d} | {old_rpt:15.4f} {old_bad:4d} {old_lost:5d} | "
+              f"{new_rpt:14.4f} {new_bad:4d}")
 
     rows: List[Row] = []
     latency = LatencyModel(args.base_ms / 1000, args.ms_per_mb / 1000)

@@ -274,7 +274,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         chaos, scripted = run_case(server, "chaos", os.path.join(workdir, "chaos"), checkpoint, args.bbox,
                                    chaos_faults(args.seed))
     difference = max_embedding_difference(clean.audit, chaos.audit)
-    print(f"faults: {CHAOS_RATES} + malformed reply to call #{MALFORMED_CALL} + stall of call #{STALLED_CALL} + HTTP 400 for "
+    print(f"faults: {CHAOS_RATES} + malformed reply to call #{MALFORMED_CALL} + stall of call #{STALLED_CALL} + "
+          f"HTTP 400 for "
           f"{[k for k, v in scripted.expected_letters.items() if v == 'HTTP400']}; seed {args.seed}; "
           f"client deadline {DEADLINE_S:g} s, stalls held {STALL_S:g} s; outputs in {workdir}")
     print(table([clean, chaos], difference))

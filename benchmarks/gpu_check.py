@@ -132,7 +132,8 @@ def accuracy(args, device: torch.device) -> None:
                     out2 = graphed(x)[-1].float()           # a replay of the captured graph
                     cos, rel = compare(out2.mean(dim=(2, 3)).cpu(), ref)
                     print(f"{'hot' if hot else 'base':<5} {scan:<8} {precision:<5} {'graph':<6} {cos:10.6f} "
-                          f"{rel:12.2e} {'':>10} {'':>12} {str(torch.equal(out2, eager) and torch.equal(out, out2)):>13}",
+                          f"{rel:12.2e} {'':>10} {'':>12} "
+                          f"{str(torch.equal(out2, eager) and torch.equal(out, out2)):>13}",
                           flush=True)
                     del graphed
         del model
@@ -148,7 +149,8 @@ def accuracy(args, device: torch.device) -> None:
     with torch.inference_mode():
         on_device = raw_to_device(raw, args.img_size, device, {}).cpu()
     expected = torch.from_numpy(np.stack([preprocess_s2_rgb(chw, args.img_size) for chw in raw]))
-    print(f"input path (uint16 -> pinned -> device preprocessing) bit-equal to numpy: {torch.equal(on_device, expected)}")
+    print("input path (uint16 -> pinned -> device preprocessing) bit-equal to numpy:",
+          torch.equal(on_device, expected))
 
 
 def throughput(args, device: torch.device) -> None:

@@ -39,9 +39,10 @@ def http_status(exc: BaseException) -> Optional[int]:
         status = getattr(resp, "status", None)
         if status is not None:
             return int(status)
-        seen = seen.__cause__ or seen.__context__
-        if seen is None:
+        cause = seen.__cause__ or seen.__context__
+        if cause is None:
             return None
+        seen = cause
     return None
 
 

@@ -28,7 +28,7 @@ import random
 import re
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, cast
 
 import numpy as np
 
@@ -202,7 +202,7 @@ class FakeEarthEngine:
     @property
     def url(self) -> str:
         host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def start(self) -> "FakeEarthEngine":
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="fake-ee", daemon=True)
@@ -262,7 +262,8 @@ class FakeEarthEngine:
                        window_start: Optional[dt.date] = None) -> None:
         """No scenes at pixels whose centres fall in ``bounds`` (for that window start, or any)."""
         with self._lock:
-            self._empty_areas.append(_EmptyArea(crs, tuple(bounds), window_start))
+            box = cast(Tuple[float, float, float, float], tuple(bounds))
+            self._empty_areas.append(_EmptyArea(crs, box, window_start))
 
     # ----------------------------------------------------------------- answering
     def _choose_answer(self, call: ComputePixelsCall) -> object:
@@ -311,8 +312,9 @@ class FakeEarthEngine:
         dims = grid.get("dimensions") or {}
         aff = grid.get("affineTransform") or {}
         try:
-            transform = tuple(float(aff.get(k, 0.0)) for k in
-                              ("scaleX", "shearX", "translateX", "shearY", "scaleY", "translateY"))
+            transform = cast(Tuple[float, float, float, float, float, float],
+                             tuple(float(aff.get(k, 0.0)) for k in
+                                   ("scaleX", "shearX", "translateX", "shearY", "scaleY", "translateY")))
             width, height = int(dims["width"]), int(dims["height"])
             crs = grid["crsCode"]
         except (KeyError, TypeError, ValueError) as exc:

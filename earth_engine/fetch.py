@@ -5,7 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import random
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
 
@@ -84,18 +84,19 @@ class Fetcher:
     def _result(self, request: TileRequest, parts: List[Tuple[Block, "Outcome"]], note: str) -> Result:
         """Stitch the request's pixels from its block(s), or its dead letter."""
         attempts = max(outcome[2] for _, outcome in parts)
-        for block, (_, error, tries) in parts:
+        for _block, (_, error, tries) in parts:
             if error is not None:
                 self.metrics.inc(m.TILES_DEAD)
                 return DeadLetter.for_request(request, STAGE, (str(error) or repr(error)) + note, tries,
                                               error_class=error_class(error))
         box = request.tile.pixel_box
-        if len(parts) == 1 and parts[0][0].box == box:
-            cut = parts[0][1][0]
+        pieces = [(block, cast(np.ndarray, pixels)) for block, (pixels, _, _) in parts]  # no error: pixels
+        if len(pieces) == 1 and pieces[0][0].box == box:
+            cut = pieces[0][1]
         else:
-            cut = np.zeros((box[3], box[2]), dtype=parts[0][1][0].dtype)
+            cut = np.zeros((box[3], box[2]), dtype=pieces[0][1].dtype)
             covered = 0
-            for block, (pixels, _, _) in parts:
+            for block, pixels in pieces:
                 overlap = intersection(block.box, box)
                 if overlap is None:
                     continue
@@ -144,7 +145,7 @@ class Fetcher:
         self.metrics.inc(m.BYTES, int(pixels.nbytes))
         return pixels
 
-    def _check_shape(self, block: Block, pixels: object) -> None:
+    def _check_shape(self, block: Block, pixels: np.ndarray) -> None:
         names = getattr(getattr(pixels, "dtype", None), "names", None) or ()
         if missing := [b for b in self.s2.band_ids if b not in names]:
             raise MalformedResponseError(f"computePixels reply lacks bands {missing} (has {list(names)})")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import OrderedDict
-from typing import Dict, Hashable, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -67,7 +67,8 @@ def pieces(box: Box, max_px: int, max_side: int = COMPUTE_PIXELS_MAX_SIDE_PX) ->
     return out
 
 
-def window_shapes(width: int, height: int, max_px: int, max_side: int = COMPUTE_PIXELS_MAX_SIDE_PX) -> List[Tuple[int, int]]:
+def window_shapes(width: int, height: int, max_px: int,
+                  max_side: int = COMPUTE_PIXELS_MAX_SIDE_PX) -> List[Tuple[int, int]]:
     """Candidate (W, H) packing windows for boxes of this size: the squarest (``window_shape``) and the
     other maximal whole-box shapes up to an aspect ratio of 4, squarest first."""
     square = window_shape(width, height, max_px, max_side)
@@ -237,7 +238,7 @@ def _box_blocks(epsg: int, scale_m: float, window: TimeWindow, box: Box, request
     return [Block(epsg, scale_m, window, piece, requests) for piece in pieces(box, max_px)]
 
 
-def _group(request: TileRequest) -> Hashable:
+def _group(request: TileRequest) -> Tuple[int, float, TimeWindow, Any]:
     t = request.tile
     return t.epsg, float(t.scale_m), request.window, request.block
 
@@ -246,7 +247,7 @@ def pack(requests: Iterable[TileRequest], s2: S2Settings) -> List[Block]:
     """The requests as computePixels blocks: per (zone, pixel size, window, planner block), boxes packed
     by ``pack_boxes`` and oversize boxes cut into pieces. Deterministic; first appearance first."""
     max_px = max_request_pixels(s2)
-    groups: Dict[Hashable, Dict[Box, List[TileRequest]]] = OrderedDict()
+    groups: Dict[Tuple[int, float, TimeWindow, Any], Dict[Box, List[TileRequest]]] = OrderedDict()
     for r in requests:
         groups.setdefault(_group(r), OrderedDict()).setdefault(r.tile.pixel_box, []).append(r)
     blocks: List[Block] = []

@@ -33,7 +33,8 @@ class FetchPlan:
         return max(self.seconds_at_quota, self.requests * self.latency_s / slots)
 
     def describe(self) -> str:
-        text = (f"{self.tiles} tiles -> {self.requests} computePixels requests ({self.requests_per_tile:.3f} per tile), "
+        text = (f"{self.tiles} tiles -> {self.requests} computePixels requests "
+                f"({self.requests_per_tile:.3f} per tile), "
                 f"{self.bytes / 1e9:.2f} GB, >= {self.seconds_at_quota:.0f} s at the requests/s quota")
         if self.seconds_at_latency is not None:
             text += f", ~{self.seconds_at_latency:.0f} s at the concurrency cap"

@@ -6,5 +6,5 @@ from models.config import ModelConfig
 from models.embedder import DynamicVisEmbedder, load_backbone
 from models.preprocess import preprocess_s2_rgb
 
-__all__ = ["CheckpointError", "CheckpointInfo", "CheckpointRefusedError", "DynamicVisBackbone", "DynamicVisEmbedder", "ModelConfig",
-           "load_backbone", "load_backbone_weights", "preprocess_s2_rgb", "recipe"]
+__all__ = ["CheckpointError", "CheckpointInfo", "CheckpointRefusedError", "DynamicVisBackbone", "DynamicVisEmbedder",
+           "ModelConfig", "load_backbone", "load_backbone_weights", "preprocess_s2_rgb", "recipe"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -72,7 +72,7 @@ class PatchEmbed(nn.Module):
         self.norm = nn.LayerNorm(embed_dims, eps=eps)
 
     def output_size(self, size: int) -> int:
-        k, s, p = self.projection.kernel_size[0], self.projection.stride[0], self.projection.padding[0]
+        k, s, p = self.projection.kernel_size[0], self.projection.stride[0], int(self.projection.padding[0])
         return (size + 2 * p - k) // s + 1
 
     def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
@@ -153,7 +153,7 @@ class MambaMixer(nn.Module):
         weight = self.conv1d.weight[:, 0, :].float()                        # (E, K)
         kernel, length = weight.shape[1], u.shape[1]
         padded = F.pad(u, (0, 0, kernel - 1, 0))
-        out = torch.addcmul(self.conv1d.bias.float(), padded[:, :length], weight[:, 0])
+        out = torch.addcmul(self.conv1d.bias.float(), padded[:, :length], weight[:, 0])  # type: ignore[union-attr]
         for k in range(1, kernel):
             out = torch.addcmul(out, padded[:, k:k + length], weight[:, k])
         return out
@@ -323,7 +323,8 @@ class DynamicVisBackbone(nn.Module):
                 module.scan_fn = scan_fn
         self.scan = name
         # None: resolve at the next forward; a device type: resolved for it; "": a fixed backend
-        self._auto_scan_device_type = None if deferred else torch.device(device).type if scan == "auto" else ""
+        self._auto_scan_device_type = (None if deferred else
+                                       torch.device(device).type if scan == "auto" else "")  # type: ignore[arg-type]
 
     def _resolve_auto_scan(self, device: torch.device) -> None:
         """The deferred ``'auto'``: pick the backend for this device type (once per type)."""
@@ -369,7 +370,8 @@ class DynamicVisBackbone(nn.Module):
 
     def _forward(self, x: Tensor) -> tuple[Tensor, ...]:
         outs = []
-        for stage, (patch_embed, blocks, norm) in enumerate(self.layers):
+        layers: Sequence[tuple[Any, Any, Any]] = self.layers  # type: ignore[assignment]  # ModuleList of triples
+        for stage, (patch_embed, blocks, norm) in enumerate(layers):
             x, (h, w) = patch_embed(x)
             if stage == 0:
                 x = x + self.pos_embed

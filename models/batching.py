@@ -1,12 +1,12 @@
 """Grouping of a batch into same-shape runs: the model needs one (H, W) per forward pass."""
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
 
-def indices_by_shape(arrays: Sequence[object]) -> List[List[int]]:
+def indices_by_shape(arrays: Sequence[Any]) -> List[List[int]]:
     """Positions of `arrays` grouped by array shape, groups in order of first appearance.
 
     Args:

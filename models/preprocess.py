@@ -5,7 +5,12 @@ resize -> /255, ImageNet mean/std -> float32 (3, img, img). NaN becomes 0 (numpy
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -42,7 +47,7 @@ def resize_rgb_uint8(rgb: np.ndarray, img_size: int) -> np.ndarray:
     from PIL import Image   # here, so the package imports with torch and numpy alone (benchmarks/gpu_check.sh)
 
     resized = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).resize((img_size, img_size),
-                                                                             resample=Image.BICUBIC)
+                                                                             resample=Image.Resampling.BICUBIC)
     return np.asarray(resized)
 
 

@@ -31,7 +31,7 @@ import functools
 import logging
 import os
 import warnings
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -201,8 +201,8 @@ class CudaGraphForward:
     def __init__(self, model: torch.nn.Module, context: Callable[[], contextlib.AbstractContextManager],
                  max_graphs: int = 12, warmup: int = 2):
         self.model, self.context, self.max_graphs, self.warmup = model, context, max_graphs, warmup
-        self.graphs: dict[tuple, tuple] = {}
-        self.pool = None
+        self.graphs: dict[tuple, tuple | None] = {}  # None: this size failed to capture, runs eagerly
+        self.pool: Any = None  # torch.cuda.graph_pool_handle(), made at the first capture
 
     def _eager(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         with torch.inference_mode(), self.context():

@@ -163,7 +163,9 @@ int selective_scan_cl_f32(const float *u, const float *delta, const float *z, in
             if (W == 16) {
                 for (int i = 0; i < 16; ++i) { dv[i] = delta[off + i]; uv[i] = u[off + i]; }
             } else {
-                for (int i = 0; i < 16; ++i) { dv[i] = i < W ? delta[off + i] : 0.0f; uv[i] = i < W ? u[off + i] : 0.0f; }
+                for (int i = 0; i < 16; ++i) {
+                    dv[i] = i < W ? delta[off + i] : 0.0f; uv[i] = i < W ? u[off + i] : 0.0f;
+                }
             }
             _Pragma("omp simd")
             for (int i = 0; i < 16; ++i) { xv[i] = dv[i] * uv[i]; acc[i] = 0.0f; }
@@ -300,7 +302,8 @@ def _load_library() -> ctypes.CDLL | None:
     lib.selective_scan_rows_f32_mt.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 5
     lib.selective_scan_cl_f32_mt.argtypes = ([ctypes.c_void_p] * 3 + [ctypes.c_int64] + [ctypes.c_void_p] * 5
                                              + [ctypes.c_int64] * 5)
-    lib.causal_conv_silu_cl_f32.argtypes = [ctypes.c_void_p, ctypes.c_int64] + [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 5
+    lib.causal_conv_silu_cl_f32.argtypes = ([ctypes.c_void_p] + [ctypes.c_int64] + [ctypes.c_void_p] * 3
+                                            + [ctypes.c_int64] * 5)
     return lib
 
 
@@ -366,5 +369,5 @@ def load_cpu_fused_scan() -> Callable | None:
     # Opaque to torch.compile: dynamo must not trace the pointer handling (it produced NaNs when it did);
     # the compiled graph breaks around these calls and runs them eagerly on real tensors.
     selective_scan_cpu_fused = torch.compiler.disable(selective_scan_cpu_fused)
-    selective_scan_cpu_fused.causal_conv_silu = torch.compiler.disable(causal_conv_silu)
+    selective_scan_cpu_fused.causal_conv_silu = torch.compiler.disable(causal_conv_silu)  # type: ignore[attr-defined]
     return selective_scan_cpu_fused

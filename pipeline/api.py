@@ -19,12 +19,15 @@ import functools
 import logging
 import math
 import numbers
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
 
 from pipeline.errors import ModelError, ProviderError, SpecError
 from tiles.records import DeadLetter, Tile, TileRequest, TimeWindow
+
+if TYPE_CHECKING:
+    import tiles.records
 
 LOGGER = logging.getLogger("dynamicvis")
 MODEL_ID = "dynamicvis"
@@ -417,7 +420,7 @@ def _embed_many(pixels: Sequence[np.ndarray], output: OutputSpec, config) -> Lis
         for row, index in enumerate(indices):
             results[index] = {"pooled": out["pooled"][row], "grid": None if out["grid"] is None else out["grid"][row],
                               "pooling": out["pooling"], "grid_shape": out["grid_shape"]}
-    return results
+    return cast(List[Dict[str, Any]], results)  # every index filled
 
 
 def _package(result: Dict[str, Any], output: OutputSpec, meta: Dict[str, Any]) -> Embedding:
@@ -431,7 +434,8 @@ def _package(result: Dict[str, Any], output: OutputSpec, meta: Dict[str, Any]) -
     return Embedding(np.asarray(result["pooled"], np.float32), meta)
 
 
-def _meta(config, output: OutputSpec, temporal: TemporalSpec, sensor: SensorSpec, tile: Optional[Tile],
+def _meta(config, output: OutputSpec, temporal: TemporalSpec, sensor: SensorSpec,
+          tile: "Optional[Union[Tile, tiles.records.Chip]]",
           result: Dict[str, Any], extra: Dict[str, Any]) -> Dict[str, Any]:
     """The adapter's metadata keys (model, sensor, temporal, checkpoint, feature-map layout), then ours."""
     meta: Dict[str, Any] = {"model": MODEL_ID, "type": "on_the_fly", "backend": "gee", "source": sensor.collection,
@@ -496,10 +500,11 @@ def get_embeddings_batch(model: str = MODEL_ID, *, spatials: Sequence[Spatial],
     failed = [(s, r) for s, r in zip(spatials, fetched) if isinstance(r, DeadLetter)]
     if failed:
         raise ProviderError("could not fetch: " + "; ".join(f"{s}: {r.error_class}: {r.message}" for s, r in failed))
-    results = _embed_many([p.chw for p in fetched], output, config)
+    pixels = cast("List[tiles.records.TilePixels]", fetched)  # no dead letters
+    results = _embed_many([p.chw for p in pixels], output, config)
     return [_package(result, output, _meta(config, output, temporal, sensor, p.request.tile, result,
                                             {"n_scenes": p.n_scenes, "valid_fraction": p.valid_fraction}))
-            for result, p in zip(results, fetched)]
+            for result, p in zip(results, pixels)]
 
 
 @_spec_errors

@@ -91,7 +91,7 @@ class Plan:
             "latency_measured": self.calibration is not None,
             "seconds_at_latency": round(fetch.seconds_at_latency, 1),
             "cost_usd_fetch_cpu": round(self.cost_usd(), 2),
-            "embed_s_one_process": None if self.embed_s() is None else round(self.embed_s(), 1),
+            "embed_s_one_process": None if (embed_s := self.embed_s()) is None else round(embed_s, 1),
             "wall_s": round(self.wall_s(), 1),
             "planning_s": round(self.planning_s, 3),
         }
@@ -106,7 +106,8 @@ class Plan:
         budget = fetch.budget
         hours = fetch.seconds_at_quota / 3600
         lines = ["dry run: nothing was fetched and no model was loaded" if self.calibration is None else
-                 f"dry run with calibration: {self.calibration.blocks} sampled request blocks were fetched and embedded",
+                 f"dry run with calibration: {self.calibration.blocks} sampled request blocks were fetched and "
+                 "embedded",
                  self.summary.to_text(),
                  f"Earth Engine: {fetch.requests} computePixels requests ({fetch.requests_per_tile:.4f} per tile), "
                  f"{fetch.bytes / 1e9:.2f} GB to fetch",
@@ -116,7 +117,8 @@ class Plan:
                  f"time at the quota: >= {fetch.seconds_at_quota:.0f} s ({hours:.2f} h) at the project's requests/s"]
         if self.calibration is not None:
             c = self.calibration
-            lines += [f"measured: {c.s_per_request:.3f} s/request (median of {c.requests}), {c.bytes_per_s / 1e6:.2f} MB/s, "
+            lines += [f"measured: {c.s_per_request:.3f} s/request (median of {c.requests}), "
+                      f"{c.bytes_per_s / 1e6:.2f} MB/s, "
                       f"{c.tiles_per_s:.1f} tiles/s fetched with {budget.max_concurrency_per_process} in flight; "
                       f"embedding {c.embed_tiles_per_s:.2f} tiles/s on this machine"]
             basis = f"measured {fetch.latency_s:.3f} s/request"
@@ -154,8 +156,9 @@ def plan(spec: RunSpec, latency_s: Optional[float] = None) -> Plan:
     started = time.monotonic()
     summary, requests, pixels, _ = _request_counts(spec)
     windows = summary.windows
-    fetch = earth_engine.FetchPlan(summary.tile_requests, requests * windows, pixels * windows * spec.s2.bytes_per_pixel,
-                                   spec.ee_budget, latency_s if latency_s is not None else TYPICAL_LATENCY_S)
+    fetch = earth_engine.FetchPlan(summary.tile_requests, requests * windows,
+                                   pixels * windows * spec.s2.bytes_per_pixel, spec.ee_budget,
+                                   latency_s if latency_s is not None else TYPICAL_LATENCY_S)
     return Plan(summary=summary, fetch=fetch, planning_s=time.monotonic() - started, runner=spec.runner)
 
 
@@ -166,7 +169,7 @@ def sample_blocks(spec: RunSpec, n: int) -> List[list]:
 
     shards = PlanTiles.from_settings(spec.plan, spec.s2).shards
     window = check_windows(spec.plan.windows)[:1]
-    blocks: Dict[str, list] = {}
+    blocks: Dict[Optional[str], list] = {}
     for shard in shards:
         for request in expand_and_pack(shard, window, spec.s2):
             blocks.setdefault(request.block, []).append(request)

@@ -10,7 +10,7 @@ and the BigQuery table if one is set); with two outputs, each then gets only the
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, cast
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
@@ -29,7 +29,8 @@ def run_info(spec: RunSpec) -> schema.RunInfo:
     from pipeline import __version__
 
     return schema.RunInfo(pipeline_version=__version__, composite=spec.s2.composite,
-                          cloudy_pct=float(spec.s2.cloudy_pct), pooling=spec.inference.pooling, created_at=spec.created_at)
+                          cloudy_pct=float(spec.s2.cloudy_pct), pooling=spec.inference.pooling,
+                          created_at=spec.created_at)
 
 
 def run_configuration(spec: RunSpec) -> dict:
@@ -58,6 +59,7 @@ def build(pipeline: beam.Pipeline, spec: RunSpec, existing_files: List[str],
     from transforms.fetch import DEAD_LETTER, PIXELS, FetchTiles
     from transforms.plan import PlanTiles
 
+    output = cast(str, spec.out.output)  # None only with --dry-run, which builds no job
     plan = PlanTiles.from_settings(spec.plan, spec.s2)
     planned_tiles = plan.planned_requests  # counted from the shards PlanTiles ships: the launcher plans once
     requests = pipeline | "PlanTiles" >> plan
@@ -98,12 +100,12 @@ def build(pipeline: beam.Pipeline, spec: RunSpec, existing_files: List[str],
         bigquery_rows = (rows | "NotInBigQuery" >> write.Without(sinks["bigquery"]))[write.Without.KEPT_TAG]
     # A file per inference batch (or per minute, or per bundle): rows are durable while the job runs.
     embedding_files = parquet_rows | "WriteParquet" >> write.WriteEmbeddingFiles(
-        spec.out.output, grid=spec.inference.grid, run_config=configuration,
+        output, grid=spec.inference.grid, run_config=configuration,
         max_rows=spec.inference.max_batch_size)
     if spec.out.bigquery_table:
         _ = bigquery_rows | "WriteBigQuery" >> write.WriteBigQueryRows(spec.out.bigquery_table, bigquery_temp)
     letter_files = letters | "WriteDeadLetters" >> write.WriteDeadLetters(
-        spec.out.output, max_rows=spec.inference.max_batch_size)
+        output, max_rows=spec.inference.max_batch_size)
 
     base = manifest_lib.base_manifest(spec.run_id, spec.created_at, configuration, {"tiles": planned_tiles})
     counted = {"fetch_requests": to_fetch, "skipped_existing": skipped}
@@ -113,5 +115,5 @@ def build(pipeline: beam.Pipeline, spec: RunSpec, existing_files: List[str],
         counted["bigquery_rows_written"] = bigquery_rows
     _ = ({**counted, "model": rows | "ModelColumns" >> beam.Map(write.row_model_metadata),
           "embedding_files": embedding_files, "dead_letter_files": letter_files}
-         | "WriteManifest" >> write.WriteManifest(spec.out.output, base, sorted(counted)))
+         | "WriteManifest" >> write.WriteManifest(output, base, sorted(counted)))
 

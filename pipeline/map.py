@@ -288,7 +288,7 @@ def draw(files: Sequence[str], basis: Basis, window: Window, cells: bool = False
             raster.rgba[r, c, :3] = colours[mask]
             raster.rgba[r, c, 3] = 255
     for raster in rasters.values():  # counted from what was drawn: a key written twice is one tile
-        raster.tiles = int(np.count_nonzero(raster.rgba[..., 3])) // per_side ** 2
+        raster.tiles = int(np.count_nonzero(raster.rgba[..., 3])) // per_side ** 2  # type: ignore[operator]  # set by now
     return rasters
 
 
@@ -414,11 +414,11 @@ def write_png(rasters: Dict[int, ZoneRaster], path: str, window: Window) -> str:
     side = max(image.size)
     if side < PNG_MIN_PX:
         factor = PNG_MIN_PX // side
-        image = image.resize((image.width * factor, image.height * factor), Image.NEAREST)
+        image = image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
         metres_per_px /= factor
     elif side > PNG_MAX_PX:
         factor = math.ceil(side / PNG_MAX_PX)
-        image = image.resize((max(1, image.width // factor), max(1, image.height // factor)), Image.NEAREST)
+        image = image.resize((max(1, image.width // factor), max(1, image.height // factor)), Image.Resampling.NEAREST)
         metres_per_px *= factor
     font = ImageFont.load_default(size=13)
     width = max(image.width, 360)

@@ -263,7 +263,7 @@ OPTION_CLASSES = (RegionOptions, EarthEngineOptions, ModelOptions, OutputOptions
 def add_our_flags(parser) -> None:
     """Every flag of `python -m pipeline` (besides Beam's own) on `parser`, e.g. for --help."""
     for cls in OPTION_CLASSES:
-        cls._add_argparse_args(parser)  # pylint: disable=protected-access
+        cls._add_argparse_args(parser)  # noqa: SLF001
 
 
 def flag_values(options: PipelineOptions) -> Dict[str, Any]:
@@ -294,14 +294,14 @@ def _check_checkpoint(checkpoint: Optional[str]) -> None:
 
 def _all_options_parser() -> argparse.ArgumentParser:
     """A parser that knows every registered PipelineOptions flag (Beam's and ours), as Beam builds it."""
-    from apache_beam.options.pipeline_options import _BeamArgumentParser  # pylint: disable=protected-access
+    from apache_beam.options.pipeline_options import _BeamArgumentParser  # noqa: SLF001
 
     parser = _BeamArgumentParser(allow_abbrev=False)
-    seen = {}
+    seen: Dict[str, type] = {}
     for cls in PipelineOptions.__subclasses__():
         seen.setdefault(str(cls), cls)
     for cls in seen.values():
-        cls._add_argparse_args(parser)  # pylint: disable=protected-access
+        cls._add_argparse_args(parser)  # noqa: SLF001
     return parser
 
 

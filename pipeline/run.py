@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import List, Optional, Sequence, TextIO
+from typing import List, Optional, Sequence, TextIO, cast
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
@@ -80,8 +80,9 @@ def check_output(spec: RunSpec) -> List[str]:
     """Existing embedding files of `--output`; refuse a non-empty output without --skip-existing."""
     from transforms.write import embedding_files
 
-    check_output_writable(spec.out.output)
-    shards = embedding_files(spec.out.output)
+    output = cast(str, spec.out.output)  # None only with --dry-run, which writes nothing
+    check_output_writable(output)
+    shards = embedding_files(output)
     if shards and not spec.out.skip_existing:
         raise InputError(f"--output {spec.out.output} already holds {len(shards)} embedding shard(s); pass "
                          f"--skip-existing to embed only the tiles missing there, or choose an empty --output")
@@ -143,7 +144,8 @@ def check_credentials(spec: RunSpec) -> None:
 
 def runs_locally(options: PipelineOptions) -> bool:
     """Whether the workers share this machine's file system (DirectRunner and friends)."""
-    return runner_name(options).split(".")[-1] in ("DirectRunner", "PrismRunner", "InteractiveRunner", "SwitchingDirectRunner")
+    return runner_name(options).split(".")[-1] in ("DirectRunner", "PrismRunner", "InteractiveRunner",
+                                                   "SwitchingDirectRunner")
 
 
 def check_model(spec: RunSpec, options: PipelineOptions) -> None:

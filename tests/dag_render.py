@@ -43,16 +43,17 @@ def render(dag_folder, scenario):
     }
     try:
         task.render_template_fields(context)
-    except Exception as error:  # pylint: disable=broad-except
+    except Exception as error:  # noqa: BLE001
         return {"error": f"{type(error).__name__}: {error}"}
     # What execute() does before starting the subprocess (without starting it).
-    task._cast_dataflow_config()  # pylint: disable=protected-access
-    _, job_name, options, _, _ = task._init_pipeline_options(  # pylint: disable=protected-access
+    task._cast_dataflow_config()  # noqa: SLF001
+    _, job_name, options, _, _ = task._init_pipeline_options(  # noqa: SLF001
         format_pipeline_options=True, job_name_variable_key="job_name")
     options["labels"] = [f"{k}={v}" for k, v in options["labels"].items()]  # as start_python_pipeline does
     command = [task.py_interpreter, *task.py_options, task.py_file, f"--runner={task.runner}",
                *beam_options_to_args(options)]
-    return {"interval": [interval.start.isoformat(), interval.end.isoformat()], "job_name": job_name, "command": command}
+    return {"interval": [interval.start.isoformat(), interval.end.isoformat()], "job_name": job_name,
+            "command": command}
 
 
 def main():

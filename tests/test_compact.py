@@ -103,7 +103,7 @@ def _count_operations(monkeypatch, budget=None):
     from apache_beam.io.filesystems import FileSystems
 
     done = {"n": 0}
-    real_write, real_delete = compact_lib._write_shard, FileSystems.delete  # pylint: disable=protected-access
+    real_write, real_delete = compact_lib._write_shard, FileSystems.delete  # noqa: SLF001
 
     def step():
         done["n"] += 1

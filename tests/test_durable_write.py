@@ -51,7 +51,7 @@ def test_rows_older_than_the_flush_interval_are_written_before_the_bundle_ends(t
     assert len(durable_write.embedding_files(str(tmp_path))) == 3
 
 
-class _LostAfterWriting(durable_write._WriteParquetFiles):  # pylint: disable=protected-access
+class _LostAfterWriting(durable_write._WriteParquetFiles):  # noqa: SLF001
     """The worker dies right after its first file is on disk, once (a marker file survives the retry)."""
 
     def __init__(self, marker, *args, **kwargs):

@@ -11,7 +11,7 @@ import torch
 from models.checkpoint import CheckpointError, CheckpointRefusedError, load_backbone_weights, safe_torch_load
 from models.config import ModelConfig
 from models.embedder import load_backbone
-from models.recipe import recipe_state_dict, write_official_checkpoint
+from models.recipe import recipe_state_dict
 from tests.fixtures.recipe import load_golden
 
 
@@ -34,7 +34,7 @@ def _assert_same_weights(state, expected):
 def test_official_format_round_trip_matches_golden(recipe_checkpoint_b64, model_cache):
     checkpoint = safe_torch_load(recipe_checkpoint_b64)
     assert torch.load.__module__  # the real torch.load; weights_only refuses such files:
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 - torch raises its own unpickling error types
         torch.load(recipe_checkpoint_b64, weights_only=True)
     assert "HistoryBuffer" in repr(checkpoint["message_hub"]["log_scalars"]["train/loss"])
 

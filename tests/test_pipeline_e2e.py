@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tiles.records import Tile, TileRequest, TimeWindow
+from tiles.records import TimeWindow
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WINDOW = TimeWindow(dt.date(2024, 6, 1), dt.date(2024, 7, 1))
@@ -58,7 +58,8 @@ def _expected_requests(argv):
     from tiles.planning import plan_requests
 
     _, spec = parse_and_validate(argv)
-    return {r.key: r for r in plan_requests(spec.plan.regions, spec.plan.windows, spec.plan.tile_px, spec.plan.scale_m)}, spec
+    requests = plan_requests(spec.plan.regions, spec.plan.windows, spec.plan.tile_px, spec.plan.scale_m)
+    return {r.key: r for r in requests}, spec
 
 
 def test_run_writes_one_row_per_tile_equal_to_the_model_on_the_same_pixels(fake_ee, recipe_checkpoint_b64,

@@ -34,7 +34,7 @@ def test_faults_lose_nothing_duplicate_nothing_and_change_no_embedding(fake_ee, 
     assert clean.audit.planned == run.audit.planned == 32
     assert clean.audit.rows + clean.audit.dead_letters == 32 and run.audit.rows + run.audit.dead_letters == 32
     assert run.audit.letters.keys() >= scripted.expected_letters.keys()
-    for key, letter in run.audit.letters.items():
+    for letter in run.audit.letters.values():
         assert letter["stage"] == "fetch" and letter["message"], letter
     assert run.audit.letters[next(k for k, v in scripted.expected_letters.items() if v == "HTTP400")][
         "message"].startswith("Image.select: Invalid argument")

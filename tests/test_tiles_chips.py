@@ -78,7 +78,7 @@ def test_antimeridian_footprints_are_valid_multipolygons_in_geoparquet(tmp_path)
     assert all(f.is_valid for f in footprints)
     crossing = [f for f in footprints if f.geom_type == "MultiPolygon"]
     assert crossing, "expected tiles across the antimeridian"
-    for t, f in zip(tiles, footprints):
+    for f in footprints:
         min_x, _, max_x, _ = f.bounds
         if f.geom_type == "MultiPolygon":
             assert min_x == -180.0 and max_x == 180.0 and len(f.geoms) == 2

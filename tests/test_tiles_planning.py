@@ -24,8 +24,9 @@ def brute_force_tiles(geometry_lonlat, tile_px=512, scale_m=10.0):
                 continue
             epsg = (32600 if north else 32700) + zone
             forward = pyproj.Transformer.from_crs(4326, epsg, always_xy=True)
-            projected = shapely.transform(shapely.segmentize(part, 0.01),
-                                          lambda xy: np.column_stack(forward.transform(xy[:, 0], xy[:, 1])))
+            projected = shapely.transform(
+                shapely.segmentize(part, 0.01),
+                lambda xy, forward=forward: np.column_stack(forward.transform(xy[:, 0], xy[:, 1])))
             min_x, min_y, max_x, max_y = projected.bounds
             for ix in range(math.floor(min_x / size) - 1, math.floor(max_x / size) + 2):
                 for iy in range(math.floor(min_y / size) - 1, math.floor(max_y / size) + 2):

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
 import shapely
@@ -151,13 +151,14 @@ def _projected_polygons(geometry: shapely.Geometry, epsg: int) -> Optional[shape
 
 def _point_rects(regions: Sequence[Region]) -> Dict[int, np.ndarray]:
     """Buffer squares of all points of a request, in each point's own UTM grid: epsg -> (n, 4)."""
-    lonlat, buffers = [], []
+    lonlat: List[Tuple[float, float]] = []
+    buffers: List[float] = []
     for region in regions:
         lonlat.extend(region.points)
         buffers.extend([region.buffer_m] * len(region.points))
     if not lonlat:
         return {}
-    coords, half = np.asarray(lonlat, dtype=float), np.asarray(buffers, dtype=float)
+    coords, half = np.asarray(lonlat, dtype=np.float64), np.asarray(buffers, dtype=np.float64)
     zones = np.minimum(np.floor((coords[:, 0] + 180.0) / 6.0).astype(int) + 1, 60)
     epsgs = np.where(coords[:, 1] >= 0, 32600, 32700) + zones
     rects = {}
@@ -310,18 +311,19 @@ def shard_rows(shard: PlanShard) -> Iterator[Tuple[int, List[Interval]]]:
         return
     rows, c0, c1 = np.concatenate(rows_all), np.concatenate(c0_all), np.concatenate(c1_all)
     order = np.lexsort((c0, rows))
-    current_row, merged = None, []
+    current_row: Optional[int] = None  # set with the first run, before anything is yielded
+    merged: List[Tuple[int, int]] = []
     for row, lo, hi in zip(rows[order].tolist(), c0[order].tolist(), c1[order].tolist()):
         if row != current_row:
             if merged:
-                yield current_row, merged
+                yield cast(int, current_row), merged
             current_row, merged = row, [(lo, hi)]
         elif lo <= merged[-1][1] + 1:
             merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
         else:
             merged.append((lo, hi))
     if merged:
-        yield current_row, merged
+        yield cast(int, current_row), merged
 
 
 def expand_shard(shard: PlanShard) -> Iterator[Union[Tile, Chip]]:

@@ -135,7 +135,7 @@ def read_bytes(path: str) -> bytes:
         bucket_name, _, blob_name = path[len("gs://"):].partition("/")
         if not bucket_name or not blob_name:
             raise InputError(f"{path!r} is not a gs://bucket/object URI")
-        from google.cloud import storage  # imported lazily: only gs:// inputs need it
+        from google.cloud import storage  # type: ignore[attr-defined]  # lazily: only gs:// inputs need it
         from google.api_core import exceptions as gexc
         try:
             return storage.Client().bucket(bucket_name).blob(blob_name).download_as_bytes()
@@ -152,8 +152,9 @@ def read_bytes(path: str) -> bytes:
 
 # ---------------------------------------------------------------------------------------- GeoJSON
 
-def _geojson_geometries(data: object, path: str) -> Iterable[Tuple[str, dict]]:
-    """Yield (label for messages, geometry dict) for every geometry in a GeoJSON object."""
+def _geojson_geometries(data: object, path: str) -> Iterable[Tuple[str, object]]:
+    """Yield (label for messages, geometry dict) for every geometry in a GeoJSON object (as found: ``_polygonal``
+    checks it)."""
     if not isinstance(data, dict) or "type" not in data:
         raise InputError(f"{path}: not a GeoJSON object (no 'type')")
     kind = data["type"]

@@ -96,7 +96,7 @@ def publish(path: str, data: bytes) -> None:
 def _matching(pattern: str) -> List[Tuple[str, int]]:
     try:
         matches = FileSystems.match([pattern])[0].metadata_list
-    except Exception:  # pylint: disable=broad-except  # no such directory / bucket prefix yet
+    except Exception:  # noqa: BLE001  # no such directory / bucket prefix yet
         return []
     return sorted((m.path, m.size_in_bytes) for m in matches if m.size_in_bytes > 0)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Dict, Iterable, Optional, Sequence
+from typing import Any, Dict, Iterable, Optional, Sequence, cast
 
 import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult
@@ -42,7 +42,7 @@ def default_max_batch_size(gpu: Optional[str], img_size: Optional[int] = None, a
 
     memory = accelerator_memory_bytes(gpu) or accelerator_memory_bytes("nvidia-l4")
     arch = "l" if str(arch or "").lower() in ("l", "large") else "b"
-    return batch_size_for_memory(memory, img_size or 512, arch)
+    return batch_size_for_memory(cast(int, memory), img_size or 512, arch)  # the L4 fallback is always known
 
 
 def accelerator_hint(gpu: Optional[str]) -> Optional[str]:
@@ -105,7 +105,7 @@ class EmbedderService:
         return dict(self._embedder.metadata)
 
 
-class DynamicVisModelHandler(ModelHandler[np.ndarray, TileEmbedding, EmbedderService]):
+class DynamicVisModelHandler(ModelHandler[np.ndarray, PredictionResult, EmbedderService]):
     """Unkeyed handler of raw Sentinel-2 CHW arrays (B4,B3,B2 surface reflectance); `.keyed()` for pairs.
 
     Args:
@@ -188,7 +188,7 @@ class DynamicVisModelHandler(ModelHandler[np.ndarray, TileEmbedding, EmbedderSer
     def _embed_group(self, examples: Sequence[np.ndarray], model: EmbedderService) -> list:
         try:
             return self._split(model.embed(np.stack(examples), self._pooling, self._grid), len(examples))
-        except Exception as error:  # pylint: disable=broad-except
+        except Exception as error:  # noqa: BLE001
             if len(examples) == 1:
                 return [self._failure(error, attempts=1)]
             LOGGER.warning("inference of a batch of %d failed (%s: %s); retrying tile by tile",
@@ -197,12 +197,12 @@ class DynamicVisModelHandler(ModelHandler[np.ndarray, TileEmbedding, EmbedderSer
         for example in examples:
             try:
                 results.extend(self._split(model.embed(np.stack([example]), self._pooling, self._grid), 1))
-            except Exception as error:  # pylint: disable=broad-except
+            except Exception as error:  # noqa: BLE001
                 results.append(self._failure(error, attempts=2))
         return results
 
     def _split(self, out: Dict[str, Optional[np.ndarray]], n: int) -> list:
-        pooled, grid = out["pooled"], out.get("grid")
+        pooled, grid = cast(np.ndarray, out["pooled"]), out.get("grid")  # "pooled" is always there
         if pooled.shape[0] != n:
             raise RuntimeError(f"model returned {pooled.shape[0]} embeddings for {n} tiles")
         return [TileEmbedding(embedding=pooled[i], grid=None if grid is None else grid[i],

@@ -9,7 +9,7 @@ The tile list is never materialised on the launcher.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import apache_beam as beam
 
@@ -17,7 +17,7 @@ from earth_engine.packing import count_requests, fits, max_request_pixels, pack_
 from earth_engine.settings import S2Settings
 from tiles.planning import (DEFAULT_SCALE_M, DEFAULT_TARGET_TILES, DEFAULT_TILE_PX, PlanShard, check_windows,
                             expand_shard, plan_shards, summarize_shards)
-from tiles.records import TileRequest, TimeWindow
+from tiles.records import Chip, Tile, TileRequest, TimeWindow
 from tiles.regions import Region
 
 
@@ -31,7 +31,7 @@ def shard_key(shard: PlanShard) -> str:
     return f"{shard.request_id}/{shard.epsg}/{shard.tile_px}px/r{shard.row_start}" + ("c" if shard.chips else "")
 
 
-def packed_shard(shard: PlanShard, s2: S2Settings) -> List[Tuple[object, str]]:
+def packed_shard(shard: PlanShard, s2: S2Settings) -> List[Tuple[Union[Tile, Chip], str]]:
     """(tile or chip, request block id) for every tile of the shard: its boxes packed into requests."""
     areas = list(expand_shard(shard))
     boxes = [a.pixel_box for a in areas]

@@ -157,7 +157,7 @@ def query_counters(result) -> dict:
     values = {name: 0 for name in (DONE, FAILED, SKIPPED, PLANNED)}
     try:
         counters = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]
-    except Exception:  # pylint: disable=broad-except  # some runners do not report metrics
+    except Exception:  # noqa: BLE001  # some runners do not report metrics
         return values
     for counter in counters:
         name = counter.key.metric.name

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING, Any, Dict, Mapping, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Tuple, cast
 
 import apache_beam as beam
 
@@ -10,6 +10,8 @@ from tiles.records import DeadLetter
 from transforms import schema
 
 if TYPE_CHECKING:  # (importing inference would pull torch into every reader of output files)
+    import numpy as np
+
     from transforms.inference import TileEmbedding
 
 DEAD_LETTER_TAG = "dead_letter"
@@ -38,9 +40,9 @@ class ToRows(beam.DoFn):
                 error_class=result.error_class))
             return
         try:
-            yield schema.encode_row(meta, result.embedding, result.metadata or {}, self._run,
+            yield schema.encode_row(meta, cast("np.ndarray", result.embedding), result.metadata or {}, self._run,
                                     grid=result.grid if self._grid else None)
-        except Exception as error:  # pylint: disable=broad-except
+        except Exception as error:  # noqa: BLE001
             yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter.for_request(meta.request, "encode", error))
 
 

@@ -96,7 +96,7 @@ def fetch_hf(repo: str, file: str) -> Path:
 
 def fetch_gcs(bucket_name: str, name: str, cache_dir: Path) -> Path:
     """Download via google-cloud-storage (honours STORAGE_EMULATOR_HOST); cached per object generation."""
-    from google.cloud import storage
+    from google.cloud import storage  # type: ignore[attr-defined]  # google-cloud-storage ships no types
 
     try:
         blob = storage.Client().bucket(bucket_name).get_blob(name)

@@ -148,8 +148,8 @@ def _restricted_pickle_module(audit: _Audit) -> types.ModuleType:
             return audit.resolve(module, name)
 
     module = types.ModuleType("restricted_pickle")
-    module.Unpickler = RestrictedUnpickler
-    module.load = lambda file, **kwargs: RestrictedUnpickler(file, **kwargs).load()
+    vars(module).update(Unpickler=RestrictedUnpickler,
+                        load=lambda file, **kwargs: RestrictedUnpickler(file, **kwargs).load())
     return module
 
 

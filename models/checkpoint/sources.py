@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from models.booleans import TRUE_WORDS
 from models.checkpoint.errors import CheckpointError
 from models.config import user_cache_home
 
@@ -58,7 +59,7 @@ def find_in_hf_caches(repo: str, file: str) -> Path | None:
 
 
 def _hf_offline() -> bool:
-    return any(os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+    return any(os.environ.get(name, "").strip().lower() in TRUE_WORDS
                for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 

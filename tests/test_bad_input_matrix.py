@@ -20,20 +20,12 @@ import pytest
 import torch
 
 from pipeline.run import launch
+from tests.fixtures.malicious import EvalViaGetattr, WritesMarker
 
 BBOX = "8.0,47.0,8.003,47.002"
 TIME = ["--start", "2024-06-01", "--end", "2024-07-01"]
 BOWTIE = {"type": "Polygon", "coordinates": [[[0, 0], [2, 2], [2, 0], [0, 2], [0, 0]]]}
 
-
-class _WritesMarker:
-    """Unpickling this would run `touch MARKER` if a loader executed pickled code."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
 
 
 @pytest.fixture
@@ -258,31 +250,11 @@ def _malicious(tmp_path, _good):
     from models.recipe import recipe_state_dict
 
     state = {f"backbone.{k}": v for k, v in recipe_state_dict("b", 64).items()}
-    state["backbone.pos_embed"] = _WritesMarker(tmp_path / "pwned")
+    state["backbone.pos_embed"] = WritesMarker(tmp_path / "pwned")
     path = tmp_path / "dynamicvis_b_evil.pth"
-    torch.save({"state_dict": state, "meta": {"hook": _WritesMarker(tmp_path / "pwned")}}, path)
+    torch.save({"state_dict": state, "meta": {"hook": WritesMarker(tmp_path / "pwned")}}, path)
     return path
 
-
-class _EvalViaGetattr:
-    """Unpickling runs eval(code), with eval reached as getattr(__import__('builtins'), 'eval')."""
-
-    class _Builtins:
-        def __reduce__(self):
-            return __import__, ("builtins",)
-
-    class _Eval:
-        def __reduce__(self):
-            return getattr, (_EvalViaGetattr._Builtins(), "eval")
-
-        def __call__(self, code):  # pickle wants a callable here; unpickling calls eval itself
-            raise AssertionError("only called when unpickled")
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return self._Eval(), (f"open({self.marker!r}, 'w').close()",)
 
 
 def _malicious_eval(tmp_path, _good):
@@ -290,17 +262,17 @@ def _malicious_eval(tmp_path, _good):
     from models.recipe import recipe_state_dict
 
     state = {f"backbone.{k}": v for k, v in recipe_state_dict("b", 64).items()}
-    state["backbone.pos_embed"] = _WritesMarker(tmp_path / "pwned")
+    state["backbone.pos_embed"] = WritesMarker(tmp_path / "pwned")
     path = tmp_path / "dynamicvis_b_evil_eval.pth"
-    torch.save({"state_dict": state, "meta": {"hook": _WritesMarker(tmp_path / "pwned"),
-                                              "cfg": _EvalViaGetattr(tmp_path / "pwned")}}, path)
+    torch.save({"state_dict": state, "meta": {"hook": WritesMarker(tmp_path / "pwned"),
+                                              "cfg": EvalViaGetattr(tmp_path / "pwned")}}, path)
     return path
 
 
 def _raw_pickle(tmp_path, _good):
     import pickle
 
-    return _write_bytes(tmp_path / "evil.pkl", pickle.dumps({"state_dict": _WritesMarker(tmp_path / "pwned")}))
+    return _write_bytes(tmp_path / "evil.pkl", pickle.dumps({"state_dict": WritesMarker(tmp_path / "pwned")}))
 
 
 def _resnet(tmp_path, _good):

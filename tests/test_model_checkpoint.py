@@ -12,17 +12,9 @@ from models.checkpoint import CheckpointError, CheckpointRefusedError, load_back
 from models.config import ModelConfig
 from models.embedder import load_backbone
 from models.recipe import recipe_state_dict
+from tests.fixtures.malicious import EvalViaGetattr, WritesMarker
 from tests.fixtures.recipe import load_golden
 
-
-class _WritesMarker:
-    """Unpickling this would run os.system (writes a marker file) if the loader executed pickled code."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
 
 
 def _assert_same_weights(state, expected):
@@ -134,26 +126,6 @@ def test_offline_miss_names_every_cache_searched(tmp_path, monkeypatch, model_ca
     assert f"{tmp_path / 'hf_home' / 'hub'}, {tmp_path / 'hf_home'}," in str(error.value)
 
 
-class _EvalViaGetattr:
-    """Unpickling runs eval(code), eval reached as getattr(__import__('builtins'), 'eval')."""
-
-    class _Builtins:
-        def __reduce__(self):
-            return __import__, ("builtins",)
-
-    class _Eval:
-        def __reduce__(self):
-            return getattr, (_EvalViaGetattr._Builtins(), "eval")
-
-        def __call__(self, code):  # pickle wants a callable here; what unpickling calls is eval itself
-            raise AssertionError("only called when unpickled")
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return self._Eval(), (f"open({self.marker!r}, 'w').close()",)
-
 
 def _assert_refused_saying_why(path, *fragments):
     with pytest.raises(CheckpointRefusedError) as error:
@@ -168,11 +140,11 @@ def _assert_refused_saying_why(path, *fragments):
 def test_malicious_pickle_is_refused_saying_why_and_runs_nothing(tmp_path, model_cache):
     marker = tmp_path / "pwned"
     state = {f"backbone.{k}": v for k, v in recipe_state_dict("b", 64).items()}
-    state["backbone.pos_embed"] = _WritesMarker(marker)          # a tensor slot holding code
+    state["backbone.pos_embed"] = WritesMarker(marker)          # a tensor slot holding code
     path = tmp_path / "evil.pth"
-    torch.save({"state_dict": state, "meta": {"hook": _WritesMarker(marker), "cfg": _EvalViaGetattr(marker)}}, path)
+    torch.save({"state_dict": state, "meta": {"hook": WritesMarker(marker), "cfg": EvalViaGetattr(marker)}}, path)
     raw = tmp_path / "evil.pkl"                                   # a plain (non-zip) pickle as well
-    raw.write_bytes(pickle.dumps(_WritesMarker(marker)))
+    raw.write_bytes(pickle.dumps(WritesMarker(marker)))
 
     message = _assert_refused_saying_why(path, f"{os.system.__module__}.system", "builtins.__import__",
                                          "calls what builtins.getattr(…, 'eval') returned")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import glob
 import os
 from typing import Dict, Iterator, List, Optional, Sequence, Set
 
@@ -34,7 +33,9 @@ def shard_files(output: str) -> List[str]:
                          f"(e.g. gcloud storage cp '{output.rstrip('/')}/{SHARD_GLOB}' DIR)")
     if not os.path.isdir(output):
         raise InputError(f"--input {output} is not a directory; pass the --output directory of a run")
-    files = sorted(f for f in glob.glob(os.path.join(output, SHARD_GLOB)) if os.path.getsize(f) > 0)
+    from transforms.durable_write import embedding_files  # the writer's own rule for what counts as a shard
+
+    files = embedding_files(output)
     if not files:
         raise InputError(f"--input {output} holds no {SHARD_GLOB} shards; pass the --output directory of a "
                          f"finished run")
